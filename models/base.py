@@ -1,0 +1,49 @@
+"""What both networks share at their front end: stateless calls and any input size."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from spikingjelly.activation_based import base
+
+
+class SpikingRestorationNet(nn.Module):
+    """Base class: ``forward`` takes ``[B, 3, H, W]`` of any size and returns the same shape.
+
+    Subclasses implement :meth:`forward_aligned` for inputs whose sides are multiples of
+    :attr:`size_multiple`. ``forward`` pads the right and bottom borders by reflection
+    (replication where the image is too small to reflect), runs the network and crops back;
+    inputs that already divide are passed untouched, so the result is bit-identical to the
+    unpadded network. Neuron state is cleared before and after every call, so results never
+    depend on earlier calls and users never call ``reset_net``.
+    """
+
+    size_multiple: int = 8
+
+    def forward_aligned(self, img: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def reset_state(self) -> None:
+        """Clear the membrane state of every spikingjelly neuron in the network."""
+        for module in self.modules():
+            if isinstance(module, base.MemoryModule):
+                module.reset()
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        if img.dim() != 4 or img.shape[1] != 3:
+            raise ValueError(
+                f"{type(self).__name__} expects a [B, 3, H, W] image batch, got shape {tuple(img.shape)}"
+            )
+        H, W = img.shape[-2:]
+        m = self.size_multiple
+        pad_h, pad_w = -H % m, -W % m
+        x = img
+        if pad_h or pad_w:
+            mode = "reflect" if pad_h < H and pad_w < W else "replicate"
+            x = F.pad(img, (0, pad_w, 0, pad_h), mode=mode)
+        self.reset_state()
+        try:
+            out = self.forward_aligned(x)
+        finally:
+            self.reset_state()
+        return out[..., :H, :W] if (pad_h or pad_w) else out

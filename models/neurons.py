@@ -1,0 +1,130 @@
+"""Spiking neurons of VLIFNet and ESDNet (SPEC section 1).
+
+- ``lif``: spikingjelly's LIFNode with the released hyper-parameters (binary spikes).
+- ``NILIF``: normalised integer LIF, multi-level spikes in {0, 1/4, ..., 1}.
+- ``VLIF``: visual LIF; NI-LIF walked over the r*r sub-pixels of every time step
+  (patch-to-time), resized back and mixed by a 1x1 ``channel_adjust`` convolution.
+
+All neurons are multi-step: they take ``x_seq`` ``[T, B, C, H, W]``. NI-LIF and VLIF keep
+no state between calls; the LIF state is cleared by the network at every forward.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from spikingjelly.activation_based import neuron, surrogate
+
+LIF_THRESHOLD = 0.15
+NILIF_LEVELS = 4  # spikes are k / 4, k in 0..4
+NILIF_DECAY = 0.25
+
+
+def lif(v_threshold: float = LIF_THRESHOLD) -> neuron.LIFNode:
+    """The released LIF: tau 2, no input decay, hard reset to 0, sigmoid surrogate (alpha 4)."""
+    return neuron.LIFNode(
+        tau=2.0,
+        decay_input=False,
+        v_threshold=v_threshold,
+        v_reset=0.0,
+        surrogate_function=surrogate.Sigmoid(alpha=4.0),
+        detach_reset=False,
+        step_mode="m",
+    )
+
+
+class QuantizeSpike(torch.autograd.Function):
+    """``s = round(clamp(m, 0, 4)) / 4`` with a straight-through gradient of 1/4 on [0, 4].
+
+    ``torch.round`` rounds half to even (0.5 -> 0, 1.5 -> 2, 2.5 -> 2), as the released code.
+    """
+
+    @staticmethod
+    def forward(ctx, m: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(m)
+        return torch.round(torch.clamp(m, 0, NILIF_LEVELS)) / NILIF_LEVELS
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
+        (m,) = ctx.saved_tensors
+        inside = (m >= 0) & (m <= NILIF_LEVELS)
+        return grad_output * inside.to(grad_output.dtype) / NILIF_LEVELS
+
+
+def ni_lif_reference(x_seq: torch.Tensor) -> torch.Tensor:
+    """NI-LIF over the first axis of ``x_seq`` ``[L, ...]``; returns spikes of the same shape.
+
+    ``m_0 = x_0``; ``m_t = (m_{t-1} - stopgrad(s_{t-1})) * 0.25 + x_t``, where ``m_{t-1}`` is the
+    membrane before reset and the reset subtracts the normalised spike (SPEC 1.2, released
+    behaviour). This plain loop is the reference the golden vectors pin.
+    """
+    spikes = []
+    m = x_seq[0]
+    s = QuantizeSpike.apply(m)
+    spikes.append(s)
+    for t in range(1, x_seq.shape[0]):
+        m = (m - s.detach()) * NILIF_DECAY + x_seq[t]
+        s = QuantizeSpike.apply(m)
+        spikes.append(s)
+    return torch.stack(spikes)
+
+
+class NILIF(nn.Module):
+    """Multi-step NI-LIF layer (no parameters, no state between calls)."""
+
+    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        return ni_lif_reference(x_seq)
+
+
+def patch_to_time(x_seq: torch.Tensor, r: int) -> torch.Tensor:
+    """``[T, B, C, H, W]`` -> ``[T*r*r, B, C, H/r, W/r]``, index ``t*r*r + p`` (time-major).
+
+    Sub-pixel ``p = i*r + j`` is the pixel-unshuffle channel offset (SPEC 1.3 steps 1-2).
+    """
+    T, B, C, H, W = x_seq.shape
+    if H % r or W % r:
+        raise ValueError(f"patch-to-time needs H and W divisible by r={r}, got {H}x{W}")
+    y = F.pixel_unshuffle(x_seq.flatten(0, 1), r)  # [T*B, C*r*r, H/r, W/r]
+    y = y.view(T, B, C, r * r, H // r, W // r)
+    y = y.permute(0, 3, 1, 2, 4, 5)  # [T, r*r, B, C, H/r, W/r]
+    return y.reshape(T * r * r, B, C, H // r, W // r)
+
+
+def time_to_patch(y_seq: torch.Tensor, T: int, r: int) -> torch.Tensor:
+    """Inverse of :func:`patch_to_time` up to the unshuffle: ``[T*r*r, B, C, h, w]`` ->
+    ``[T*B, C*r*r, h, w]`` in the pixel-unshuffle channel layout (SPEC 1.3 step 4)."""
+    _, B, C, h, w = y_seq.shape
+    y = y_seq.view(T, r * r, B, C, h, w)
+    y = y.permute(0, 2, 3, 1, 4, 5)  # [T, B, C, r*r, h, w]
+    return y.reshape(T * B, C * r * r, h, w)
+
+
+class VLIF(nn.Module):
+    """Visual LIF (SPEC 1.3): real-valued output ``[T, B, C, H, W]`` for input of the same shape."""
+
+    def __init__(self, channels: int, r: int = 2):
+        super().__init__()
+        self.r = r
+        self.node = NILIF()
+        self.channel_adjust = nn.Conv2d(channels * r * r, channels, 1, bias=False)
+
+    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        T, B, C, H, W = x_seq.shape
+        spikes = self.node(patch_to_time(x_seq, self.r))  # [T*r*r, B, C, H/r, W/r]
+        y = time_to_patch(spikes, T, self.r)  # [T*B, C*r*r, H/r, W/r]
+        y = F.interpolate(y, size=(H, W), mode="bilinear", align_corners=False)
+        return self.channel_adjust(y).view(T, B, C, H, W)
+
+
+SDEM_NEURONS = ("vlif", "lif", "nilif")
+
+
+def sdem_neuron(kind: str, channels: int, r: int) -> nn.Module:
+    """The neuron of SDEM's second group: the paper's VLIF, or LIF / NI-LIF for ablations."""
+    if kind == "vlif":
+        return VLIF(channels, r)
+    if kind == "lif":
+        return lif()
+    if kind == "nilif":
+        return NILIF()
+    raise ValueError(f"unknown SDEM neuron {kind!r}; choose one of {', '.join(SDEM_NEURONS)}")
