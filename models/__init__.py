@@ -1,6 +1,8 @@
 """The networks of this toolkit, built by name: ``build_model("vlifnet", dim=16)``."""
 from __future__ import annotations
 
+import inspect
+
 import torch.nn as nn
 
 from .esdnet import ESDNet
@@ -17,7 +19,12 @@ def build_model(name: str, **kwargs) -> nn.Module:
     key = name.lower()
     if key not in MODELS:
         raise ValueError(f"unknown network {name!r}; choose one of {', '.join(sorted(MODELS))}")
-    return MODELS[key](**kwargs)
+    cls = MODELS[key]
+    accepted = [p for p in inspect.signature(cls).parameters]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no argument(s) {', '.join(unknown)}; it accepts {', '.join(accepted)}")
+    return cls(**kwargs)
 
 
 __all__ = ["MODELS", "build_model", "VLIFNet", "ESDNet"]

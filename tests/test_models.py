@@ -37,9 +37,11 @@ def test_default_models_match_released_state_dicts(name, kwargs, file, params):
     assert sum(p.numel() for p in net.parameters()) == params
 
 
-def test_build_model_rejects_unknown_name():
+def test_build_model_rejects_unknown_name_and_arguments():
     with pytest.raises(ValueError, match="vlifnet"):
         build_model("unet")
+    with pytest.raises(ValueError, match="ESDNet has no argument.* use_refinement"):
+        build_model("esdnet", use_refinement=True)
 
 
 def _excite(net: torch.nn.Module) -> None:
