@@ -1,0 +1,133 @@
+"""Multi-process training helpers for ``torchrun`` (DistributedDataParallel).
+
+``torchrun --nproc_per_node N train.py ...`` sets ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``;
+:func:`setup` reads them, picks NCCL on CUDA and gloo on CPU, and pins each process to its
+GPU. A plain ``python train.py`` is a world of one and needs none of this.
+
+Batch-norm synchronisation: tdBN is a ``BatchNorm2d`` subclass that flattens ``[T, B, ...]``
+to ``[T*B, ...]`` before normalising. ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``
+would replace it with a SyncBatchNorm that does *not* flatten, which treats the batch axis as
+channels, and PyTorch's SyncBatchNorm runs on GPUs only. :class:`SyncThresholdDependentBatchNorm2d`
+keeps tdBN's flattening and state-dict keys and all-reduces the per-channel sums itself
+(differentiably), on any device and backend.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from spikingjelly.activation_based import layer
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(device_type: str | None = None) -> DistInfo:
+    """Initialise the default process group from torchrun's environment (no-op for one process)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistInfo()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = (device_type or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda"
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size)
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
+    """Average a tensor over processes (returns it unchanged for one process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value)
+    return value / dist.get_world_size()
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes; the gradient of a sum is the sum of the processes' gradients."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+class SyncThresholdDependentBatchNorm2d(layer.ThresholdDependentBatchNorm2d):
+    """tdBN whose training statistics are computed over all processes' ``T*B`` samples."""
+
+    def super_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().super_forward(x)
+        C = x.shape[1]
+        count = torch.full((1,), x.numel() / C, device=x.device, dtype=x.dtype)
+        local = torch.cat([x.sum(dim=(0, 2, 3)), x.square().sum(dim=(0, 2, 3)), count])
+        total = _AllReduceSum.apply(local)
+        n = total[-1]
+        mean = total[:C] / n
+        var = (total[C:2 * C] / n - mean.square()).clamp_min(0)
+        with torch.no_grad():
+            self.num_batches_tracked.add_(1)
+            self.running_mean.lerp_(mean.detach(), self.momentum)
+            self.running_var.lerp_(var.detach() * n / (n - 1), self.momentum)
+        # written out: F.batch_norm treats given statistics as constants, but gradients must
+        # flow through the global mean and variance as they do in ordinary training-mode BN
+        scale = self.weight * torch.rsqrt(var + self.eps)
+        return (x - mean[None, :, None, None]) * scale[None, :, None, None] + self.bias[None, :, None, None]
+
+
+def convert_sync_tdbn(module: nn.Module) -> nn.Module:
+    """Replace every tdBN in ``module`` by :class:`SyncThresholdDependentBatchNorm2d` (in place).
+
+    Parameters and buffers are shared with the replaced layers, so state-dict keys and values
+    are unchanged. Returns ``module``.
+    """
+    for name, child in module.named_children():
+        if isinstance(child, layer.ThresholdDependentBatchNorm2d) and not isinstance(
+            child, SyncThresholdDependentBatchNorm2d
+        ):
+            sync = SyncThresholdDependentBatchNorm2d(
+                alpha=child.alpha, v_th=child.v_th, num_features=child.num_features,
+                eps=child.eps, momentum=child.momentum,
+            )
+            sync.weight, sync.bias = child.weight, child.bias
+            sync.running_mean, sync.running_var = child.running_mean, child.running_var
+            sync.num_batches_tracked = child.num_batches_tracked
+            sync.train(child.training)
+            setattr(module, name, sync)
+        else:
+            convert_sync_tdbn(child)
+    return module
