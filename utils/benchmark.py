@@ -1,0 +1,330 @@
+"""The benchmark registry and the results tables of ``test.py --benchmark`` (SPEC 7, 8).
+
+:data:`DATASETS` names the five benchmarks and the two synthetic stand-in sets, the released
+weights each is evaluated with, and whether clean targets exist. :func:`run_benchmark` loops
+over the sets found under ``<data_root>/<name>/test/{input,target}`` (prepared with
+``python -m data.prepare``), calls an injected evaluation function for each, and writes
+``results.md`` (the paper's table, every protocol labelled), ``results.csv`` and
+``results.json``. Missing sets and missing weights are skipped with a logged reason that also
+appears in ``results.md``; nothing here loads a network, so the loop is testable without one.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from data.dataset import IMAGE_EXTENSIONS
+from utils.metrics import PROTOCOLS
+
+log = logging.getLogger(__name__)
+
+DEMO_WEIGHTS = "vlifnet_demo.pth"  # the committed demo model (pretrained_models/)
+
+EvaluateFn = Callable[[Path, "Path | None", Path, Path], Mapping[str, float]]
+
+
+class BenchmarkError(ValueError):
+    """Bad benchmark arguments; the message names the problem and the fix."""
+
+
+@dataclass(frozen=True)
+class BenchmarkSet:
+    """One row of the table: which weights evaluate it and whether it has clean targets."""
+
+    name: str
+    weights: str  # file name looked up in --weights_dir; overridable with --weights_map
+    has_target: bool
+    note: str  # why these weights
+    synthetic: bool = False  # a stand-in set: when absent it is not listed as skipped
+
+
+# Table order. Rain12 and RW_Rain have no released model of their own (SPEC 8).
+DATASETS: dict[str, BenchmarkSet] = {s.name: s for s in (
+    BenchmarkSet("Rain200L", "Rain200L.pth", True, "released Rain200L model (with refinement)"),
+    BenchmarkSet("Rain200H", "Rain200H.pth", True, "released Rain200H model"),
+    BenchmarkSet("Rain1200", "Rain1200.pth", True, "released Rain1200 (DID-Data) model"),
+    BenchmarkSet("Rain12", "Rain200L.pth", True,
+                 "no Rain12 model: its 12 pairs are light synthetic rain, so the light-rain model, "
+                 "as the deraining literature usually evaluates Rain12"),
+    BenchmarkSet("RW_Rain", "Rain200H.pth", False,
+                 "real rain, no targets (outputs only): the heavy-rain model, which removes the "
+                 "most streaks; a choice of this project (overridable)"),
+    BenchmarkSet("synth-light", DEMO_WEIGHTS, True, "synthetic stand-in: the demo model", synthetic=True),
+    BenchmarkSet("synth-heavy", DEMO_WEIGHTS, True, "synthetic stand-in: the demo model", synthetic=True),
+)}
+
+
+@dataclass(frozen=True)
+class FoundSet:
+    """A dataset present under the data root; ``target_dir`` None: outputs only."""
+
+    info: BenchmarkSet
+    input_dir: Path
+    target_dir: Path | None
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                  and not p.name.startswith("."))
+
+
+def _dataset_dir(root: Path, name: str) -> Path | None:
+    """``root/name``; a folder differing only in case is accepted (and logged)."""
+    if (root / name).is_dir():
+        return root / name
+    for folder in sorted(root.iterdir()):
+        if folder.is_dir() and folder.name.lower() == name.lower():
+            log.info("%s: using %s (the name differs in case)", name, folder)
+            return folder
+    return None
+
+
+def _check_names(names: Sequence[str] | None) -> list[str]:
+    unknown = [n for n in names or () if n not in DATASETS]
+    if unknown:
+        raise BenchmarkError(f"unknown dataset(s) {', '.join(unknown)}; known: {', '.join(DATASETS)}")
+    return list(names) if names else list(DATASETS)
+
+
+def find_datasets(data_root: str | os.PathLike, names: Sequence[str] | None = None
+                  ) -> tuple[list[FoundSet], list[tuple[str, str]]]:
+    """The registry's sets present under ``data_root`` (in table order) and ``(name, reason)`` for the rest.
+
+    ``names`` None: the five benchmarks and whichever synthetic sets are present (absent
+    synthetic sets are not listed as skipped).
+    """
+    root = Path(data_root)
+    if not root.is_dir():
+        raise BenchmarkError(f"data root {root} does not exist; pass the folder holding <name>/test/input "
+                             "(see python -m data.prepare --help)")
+    found, skipped = [], []
+    for name in _check_names(names):
+        info, folder = DATASETS[name], _dataset_dir(root, name)
+        test = folder / "test" if folder is not None else root / name / "test"
+        how = f"--synthetic {name}" if info.synthetic else f"--name {name} --src ... --layout ..."
+        hint = f"prepare it with python -m data.prepare {how} --out {root}"
+        if not (test / "input").is_dir():
+            if not (info.synthetic and names is None):
+                skipped.append((name, f"{test / 'input'} not found; {hint}"))
+        elif not _images(test / "input"):
+            skipped.append((name, f"no images in {test / 'input'}; {hint}"))
+        elif (test / "target").is_dir():
+            found.append(FoundSet(info, test / "input", test / "target"))
+        elif info.has_target:
+            skipped.append((name, f"{test / 'target'} not found but {name} is scored against targets; {hint}"))
+        else:
+            found.append(FoundSet(info, test / "input", None))
+    return found, skipped
+
+
+def parse_weights_map(text: str) -> dict[str, str]:
+    """argparse type of ``--weights_map``: ``"Rain12=Rain200H.pth,RW_Rain=/abs/other.pth"``."""
+    out: dict[str, str] = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        name, sep, weights = (s.strip() for s in item.partition("="))
+        if not sep or not name or not weights:
+            raise argparse.ArgumentTypeError(f"--weights_map item {item!r}: expected DATASET=FILE")
+        if name not in DATASETS:
+            raise argparse.ArgumentTypeError(f"--weights_map: unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+        if name in out:
+            raise argparse.ArgumentTypeError(f"--weights_map names {name} twice")
+        out[name] = weights
+    return out
+
+
+def resolve_weights(dataset: str, weights_dir: str | os.PathLike | None,
+                    overrides: Mapping[str, str] | None = None) -> tuple[Path | None, str]:
+    """``(path, why)``: the weights file for ``dataset``, or ``(None, reason)`` when it is missing.
+
+    An override (``--weights_map``) wins over the registry; a relative name is looked up in
+    ``weights_dir``, an absolute path is used as it is.
+    """
+    info = DATASETS[_check_names([dataset])[0]]
+    given = (overrides or {}).get(dataset)
+    name, why = (given, "--weights_map") if given else (info.weights, info.note)
+    path = Path(name)
+    if not path.is_absolute():
+        if weights_dir is None:
+            return None, f"no --weights_dir to find {name} in ({why})"
+        path = Path(weights_dir) / path
+    if not path.is_file():
+        return None, (f"weights {path} not found ({why}); put the file there or map another: "
+                      f"--weights_map {dataset}=FILE")
+    return path, why
+
+
+def _fmt(value: Any, digits: int) -> str:
+    if value is None:
+        return "-"
+    value = float(value)
+    return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _metric_columns(protocols: Sequence[str]) -> list[tuple[str, str, int]]:
+    """``(key, header, digits)`` per column: PSNR then SSIM for each protocol."""
+    return [c for p in protocols for c in ((f"psnr_{p}", f"PSNR {p}", 2), (f"ssim_{p}", f"SSIM {p}", 4))]
+
+
+def _dataset_table(rows: Sequence[Mapping[str, Any]], protocols: Sequence[str]) -> list[str]:
+    cols = _metric_columns(protocols)
+    lines = ["| Dataset | Weights | Images | " + " | ".join(h for _, h, _ in cols) + " |",
+             "|---|---|--:|" + "--:|" * len(cols)]
+    for r in rows:
+        scored = r.get("scored", True)
+        cells = [_fmt(r["metrics"].get(k), d) if scored else "-" for k, _, d in cols]
+        lines.append(f"| {r['dataset']} | {r['weights']} | {r.get('images', '')} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _paper_table(rows: Sequence[Mapping[str, Any]], protocols: Sequence[str]) -> list[str]:
+    """Datasets as column pairs, one row per protocol: the layout of the paper's Table 1."""
+    scored = [r for r in rows if r.get("scored", True)]
+    if not scored:
+        return []
+    lines = ["| Protocol | " + " | ".join(f"{r['dataset']} PSNR | {r['dataset']} SSIM" for r in scored) + " |",
+             "|---|" + "--:|--:|" * len(scored)]
+    for p in protocols:
+        cells = [f"{_fmt(r['metrics'].get(f'psnr_{p}'), 2)} | {_fmt(r['metrics'].get(f'ssim_{p}'), 4)}" for r in scored]
+        lines.append(f"| {p} | " + " | ".join(cells) + " |")
+    return lines
+
+
+PROTOCOL_NOTES = {
+    "matlab-y": "Y of MATLAB rgb2ycbcr (rounded), no crop; the deraining papers' MATLAB script",
+    "esdnet-y": "the same Y unrounded, 4-pixel border crop; the released ESDNet evaluation script",
+    "rgb": "scikit-image PSNR/SSIM (win 7) on RGB in [0, 1]; what the released VLIF test script printed",
+}
+
+
+def results_markdown(rows: Sequence[Mapping[str, Any]], protocols: Sequence[str] = PROTOCOLS,
+                     skipped: Sequence[tuple[str, str]] = ()) -> str:
+    """The text of ``results.md`` (see :func:`write_results_md`)."""
+    out = ["# Benchmark results", "",
+           "Mean over each test set of the per-image PSNR (dB) and SSIM; every column names its protocol.", ""]
+    out += _dataset_table(rows, protocols)
+    paper = _paper_table(rows, protocols)
+    if paper:
+        out += ["", "Paper layout (datasets as columns):", ""] + paper
+    out += ["", "Protocols (docs/benchmarks.md):"] + [f"- `{p}`: {PROTOCOL_NOTES.get(p, '')}" for p in protocols]
+    out += ["", "Weights:"] + [f"- {r['dataset']}: {r['weights']} - {r['why']}" for r in rows]
+    if any(not r.get("scored", True) for r in rows):
+        out.append("- '-': no clean targets (real rain): derained outputs only")
+    if skipped:
+        out += ["", "Skipped:"] + [f"- {name}: {reason}" for name, reason in skipped]
+    return "\n".join(out) + "\n"
+
+
+def _write_atomic(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_results_md(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]],
+                     protocols: Sequence[str] = PROTOCOLS, skipped: Sequence[tuple[str, str]] = ()) -> Path:
+    """Write the paper-style table atomically.
+
+    ``rows``: ``{"dataset", "weights" (shown name), "why", "images", "scored" (False: no targets),
+    "metrics": {"psnr_<protocol>": dB, "ssim_<protocol>": value}}``, in table order. PSNR is
+    shown with 2 decimals, SSIM with 4; a missing or nan value as ``n/a``.
+    """
+    return _write_atomic(Path(path), results_markdown(rows, protocols, skipped))
+
+
+def write_results_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]],
+                      protocols: Sequence[str] = PROTOCOLS) -> Path:
+    """One line per dataset, full precision, columns ``dataset,weights,images,psnr_<p>,ssim_<p>,...``."""
+    keys = [k for k, _, _ in _metric_columns(protocols)]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["dataset", "weights", "images"] + keys)
+    for r in rows:
+        values = [repr(float(r["metrics"][k])) if r.get("scored", True) and k in r["metrics"] else "" for k in keys]
+        writer.writerow([r["dataset"], r["weights_path"], r.get("images", "")] + values)
+    return _write_atomic(Path(path), buf.getvalue())
+
+
+def flatten_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """``{"psnr_<p>": .., "ssim_<p>": ..}`` from that flat form or from ``{p: {"psnr": .., "ssim": ..}}``
+    (:func:`utils.evaluation.summarise`); other keys are dropped."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        if isinstance(value, Mapping):
+            out.update({f"{m}_{key}": float(v) for m, v in value.items() if m in ("psnr", "ssim")})
+        elif key.startswith(("psnr_", "ssim_")):
+            out[key] = float(value)
+    return out
+
+
+def _finite(value: Any) -> Any:
+    """JSON-safe copy: inf/nan become null (strict JSON has no such numbers)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _evaluate(found: FoundSet, weights: Path, why: str, out_dir: Path, evaluate_fn: EvaluateFn) -> dict[str, Any]:
+    name = found.info.name
+    log.info("%s: %s with %s (%s) -> %s", name, found.input_dir, weights.name, why, out_dir / name)
+    metrics = flatten_metrics(evaluate_fn(found.input_dir, found.target_dir, weights, out_dir / name))
+    return {"dataset": name, "weights": weights.name, "weights_path": str(weights), "why": why,
+            "images": len(_images(found.input_dir)), "scored": found.target_dir is not None, "metrics": metrics}
+
+
+def run_benchmark(data_root: str | os.PathLike, weights_dir: str | os.PathLike | None, out_dir: str | os.PathLike,
+                  evaluate_fn: EvaluateFn, weights_map: Mapping[str, str] | None = None,
+                  names: Sequence[str] | None = None, protocols: Sequence[str] = PROTOCOLS) -> dict[str, Any]:
+    """Evaluate every present dataset with its weights; write results.{md,csv,json} in ``out_dir``.
+
+    ``evaluate_fn(input_dir, target_dir_or_None, weights_path, save_dir)`` derains one folder,
+    writes its outputs (and per-image metrics) in ``save_dir = out_dir/<name>`` and returns the
+    mean metrics ``{"psnr_<protocol>": dB, "ssim_<protocol>": value}`` or
+    ``{protocol: {"psnr": dB, "ssim": value}}`` (empty without targets).
+    A dataset whose evaluation raises is logged with its traceback and listed as failed; the
+    others still run. Returns ``{"rows", "skipped", "failed", "results_md", "results_csv",
+    "results_json"}``; callers should exit non-zero when ``failed`` is not empty.
+    """
+    out_dir = Path(out_dir)
+    _check_names(list(weights_map or {}))
+    present, skipped = find_datasets(data_root, names)
+    for name, reason in skipped:
+        log.warning("skipping %s: %s", name, reason)
+    rows, failed = [], []
+    for found in present:
+        weights, why = resolve_weights(found.info.name, weights_dir, weights_map)
+        if weights is None:
+            log.warning("skipping %s: %s", found.info.name, why)
+            skipped.append((found.info.name, why))
+            continue
+        try:
+            rows.append(_evaluate(found, weights, why, out_dir, evaluate_fn))
+        except Exception as exc:  # one broken set must not lose the others' results
+            log.exception("%s: evaluation failed", found.info.name)
+            failed.append((found.info.name, f"evaluation failed: {type(exc).__name__}: {exc}"))
+    order = list(DATASETS)
+    skipped_all = sorted(skipped + failed, key=lambda item: order.index(item[0]))
+    result = {"rows": rows, "skipped": skipped, "failed": failed, "protocols": list(protocols),
+              "results_md": write_results_md(out_dir / "results.md", rows, protocols, skipped_all),
+              "results_csv": write_results_csv(out_dir / "results.csv", rows, protocols)}
+    result["results_json"] = out_dir / "results.json"
+    _write_atomic(result["results_json"], json.dumps(
+        _finite({k: v for k, v in result.items() if k in ("rows", "skipped", "failed", "protocols")}), indent=1) + "\n")
+    return result
