@@ -31,28 +31,34 @@ import shutil
 import sys
 import tempfile
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import cv2
 import numpy as np
 
-from data.dataset import IMAGE_EXTENSIONS, DataError, read_image
+from data.pairing import (
+    ACCEPTED_BY,
+    PRESETS,
+    SECTIONS,  # noqa: F401  (re-exported: data.prepare.SECTIONS predates data/pairing.py)
+    NamePattern,
+    Pair,
+    PrepareError,
+    Report,
+    decode,
+    inputs_only,
+    list_images,
+    pair_folders,
+    pair_side_by_side,
+    verify,
+)
 
 log = logging.getLogger(__name__)
 
 LAYOUTS = ("standard", "folders", "side-by-side")
 MODES = ("copy", "symlink", "hardlink")
 SPLITS = ("train", "test")
-# name: (rainy pattern, clean pattern, regex of {id}); patterns match the stem unless they end
-# in an extension. rain-norain-x: several renderings norain-12x1, norain-12x2 of norain-12.
-PRESETS: dict[str, tuple[str, str, str]] = {
-    "same-name": ("{id}", "{id}", ".+"),
-    "rain-norain": ("rain-{id}", "norain-{id}", ".+"),
-    "rain-norain-x": ("norain-{id}x{k}", "norain-{id}", r"\d+"),
-    "in-gt": ("{id}_in", "{id}_GT", ".+"),
-}
 SYNTHETIC = {"synth-light": "light", "synth-heavy": "heavy"}
 EXAMPLES = """examples (docs/benchmarks.md):
   python -m data.prepare --name Rain200H --src /media/Rain200H --layout standard
@@ -62,33 +68,6 @@ EXAMPLES = """examples (docs/benchmarks.md):
   python -m data.prepare --name RW_Rain --src real --layout folders --no_target --rain_dir .
   python -m data.prepare --synthetic synth-heavy
 """
-# report field: (heading, how to fix); the order is the report's
-SECTIONS = {
-    "unmatched": ("unmatched files", "check --rain_dir/--clean_dir/--pattern, or accept with --allow_unmatched"),
-    "mismatched": ("size mismatches", "fix the files, or leave these pairs out with --skip_bad"),
-    "unreadable": ("unreadable files", "download or export them again, or leave them out with --skip_bad"),
-    "odd_width": ("odd widths", "the halves would differ by a column: crop them, or leave them out with --skip_bad"),
-    "clashes": ("name clashes", "narrow --pattern/--id_regex, or keep one of the files"),
-    "conflicts": ("different files already in the output", "choose another --out, or replace them with --overwrite"),
-    "unpaired_output": ("output files without a partner", "left there by another run: move them away or choose another --out"),
-    "ignored": ("ignored (not images)", ""),
-}
-ACCEPTED_BY = {"unmatched": "allow_unmatched", "mismatched": "skip_bad", "unreadable": "skip_bad",
-               "odd_width": "skip_bad"}
-
-
-class PrepareError(Exception):
-    """Bad arguments or paths; the message names the problem and the fix."""
-
-
-@dataclass(frozen=True)
-class Pair:
-    """One output pair: written as ``input/<name><ext>`` and ``target/<name><ext>``."""
-
-    name: str
-    rainy: Path
-    clean: Path | None  # None: a real-rain set without targets
-    half: str | None = None  # side-by-side: the half of ``rainy`` that holds the rainy image
 
 
 @dataclass(frozen=True)
@@ -100,197 +79,7 @@ class Job:
     half: str | None = None
 
 
-@dataclass
-class Report:
-    """What one split's preparation found and did."""
-
-    title: str
-    pairs: int = 0
-    written: int = 0
-    unchanged: int = 0
-    note: str = ""
-    unmatched: list[str] = field(default_factory=list)
-    mismatched: list[str] = field(default_factory=list)
-    unreadable: list[str] = field(default_factory=list)
-    odd_width: list[str] = field(default_factory=list)
-    clashes: list[str] = field(default_factory=list)
-    conflicts: list[str] = field(default_factory=list)
-    unpaired_output: list[str] = field(default_factory=list)
-    ignored: list[str] = field(default_factory=list)
-
-    def blocking(self, accepted: set[str]) -> list[str]:
-        """Non-empty problem sections not accepted by the flags named in ``accepted``."""
-        return [k for k in SECTIONS if k != "ignored" and getattr(self, k) and ACCEPTED_BY.get(k) not in accepted]
-
-    def render(self, accepted: set[str], limit: int | None = 20) -> str:
-        """Human-readable report; at most ``limit`` entries per section (None: all)."""
-        lines = [f"[{self.title}]", f"  pairs found: {self.pairs}; files written: {self.written}, "
-                 f"already there: {self.unchanged}"]
-        if self.note:
-            lines.append(f"  note: {self.note}")
-        for key, (heading, fix) in SECTIONS.items():
-            items = getattr(self, key)
-            if not items:
-                continue
-            lines.append(f"  {heading}: {len(items)}" + (f"  (fix: {fix})" if fix else ""))
-            lines += [f"    {item}" for item in items[:limit]]
-            if limit is not None and len(items) > limit:
-                lines.append(f"    ... and {len(items) - limit} more (all of them with --report FILE)")
-        bad = self.blocking(accepted)
-        lines.append("  result: " + ("FAILED: " + ", ".join(SECTIONS[k][0] for k in bad) if bad else "OK"))
-        return "\n".join(lines)
-
-
-@dataclass(frozen=True)
-class NamePattern:
-    """``rainy`` and ``clean`` name templates sharing ``{id}``; ``rainy`` may hold ``{k}`` (digits)."""
-
-    rainy: str
-    clean: str
-    id_regex: str = ".+"
-
-    @classmethod
-    def parse(cls, spec: str, id_regex: str = ".+") -> NamePattern:
-        """``"RAINY:CLEAN"``, e.g. ``"rain-{id}.png:norain-{id}.png"``."""
-        parts = spec.split(":")
-        if len(parts) != 2:
-            raise PrepareError(f"--pattern {spec!r}: expected RAINY:CLEAN, e.g. rain-{{id}}:norain-{{id}}")
-        rainy, clean = parts
-        for label, text, allowed in (("rainy", rainy, {"{id}", "{k}"}), ("clean", clean, {"{id}"})):
-            fields = re.findall(r"\{[^}]*\}", text)
-            if fields.count("{id}") != 1 or len(set(fields)) != len(fields) or not set(fields) <= allowed:
-                raise PrepareError(f"--pattern {spec!r}: the {label} side must hold {{id}} once and may "
-                                   f"hold only {sorted(allowed)} (each once); got {fields}")
-        try:
-            re.compile(id_regex)
-        except re.error as exc:
-            raise PrepareError(f"--id_regex {id_regex!r} is not a regular expression: {exc}") from exc
-        return cls(rainy, clean, id_regex)
-
-    def _regex(self, template: str) -> re.Pattern:
-        groups = {"{id}": f"(?P<id>{self.id_regex})", "{k}": r"(?P<k>\d+)"}
-        return re.compile("".join(groups.get(p, re.escape(p)) for p in re.split(r"(\{id\}|\{k\})", template)))
-
-    def match(self, side: str, path: Path) -> str | None:
-        """The ``{id}`` of ``path`` under the rainy or clean template, or None if it does not fit."""
-        template = self.rainy if side == "rainy" else self.clean
-        subject = path.name if Path(template).suffix.lower() in IMAGE_EXTENSIONS else path.stem
-        m = self._regex(template).fullmatch(subject)
-        return m.group("id") if m else None
-
-    def clean_name(self, ident: str) -> str:
-        name = self.clean.replace("{id}", ident)
-        return name if Path(name).suffix.lower() in IMAGE_EXTENSIONS else name + ".*"
-
-
-# ------------------------------------------------------------------ listing and pairing
-def _list(folder: Path, report: Report) -> list[Path]:
-    """Image files in ``folder`` sorted by name; other visible files go to ``report.ignored``."""
-    if not folder.is_dir():
-        raise PrepareError(f"folder {folder} does not exist; check --src and the folder options")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    report.ignored += [str(p) for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
-    return [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
-
-
-def _classify(files: list[Path], side: str, pattern: NamePattern, shared: bool,
-              report: Report) -> dict[str, Path]:
-    """Files fitting ``side``, keyed by id (clean) or by file name (rainy: renderings share an id).
-
-    Misfits, files fitting both sides of a shared folder and duplicate clean ids are reported.
-    """
-    other = "clean" if side == "rainy" else "rainy"
-    by_id: dict[str, Path] = {}
-    for path in files:
-        ident = pattern.match(side, path)
-        if shared and pattern.match(other, path) is not None:
-            if ident is not None and side == "rainy":  # reported once, by the rainy side
-                report.clashes.append(f"{path}: fits both the rainy and the clean pattern")
-            continue  # in a shared folder the other side handles it
-        if ident is None:
-            if not (shared and side == "clean"):
-                report.unmatched.append(f"{path}: name does not fit the {side} pattern "
-                                        f"{getattr(pattern, side)!r}")
-        elif side == "clean" and ident in by_id:
-            report.clashes.append(f"{path} and {by_id[ident].name} are both the clean image of id {ident!r}")
-        else:
-            by_id[path.name if side == "rainy" else ident] = path
-    return by_id
-
-
-def pair_folders(rain_dir: Path, clean_dir: Path, pattern: NamePattern, report: Report) -> list[Pair]:
-    """Pairs of ``rain_dir`` x ``clean_dir`` (may be the same folder) related by ``pattern``."""
-    shared = rain_dir.resolve() == clean_dir.resolve()
-    rain_files = _list(rain_dir, report)
-    clean_files = rain_files if shared else _list(clean_dir, report)
-    rainy = _classify(rain_files, "rainy", pattern, shared, report)
-    clean = _classify(clean_files, "clean", pattern, shared, report)
-    pairs, used = [], set()
-    for path in rainy.values():
-        ident = pattern.match("rainy", path)
-        if ident not in clean:
-            report.unmatched.append(f"{path}: no clean image {pattern.clean_name(ident)} in {clean_dir}")
-            continue
-        used.add(ident)
-        pairs.append(Pair(path.stem, path, clean[ident]))
-    report.unmatched += [f"{p}: no rainy image in {rain_dir} uses it" for i, p in clean.items() if i not in used]
-    return _unique_names(pairs, report)
-
-
-def _unique_names(pairs: list[Pair], report: Report) -> list[Pair]:
-    """Drop pairs whose output names collide (``a.png`` and ``a.jpg``), reporting them."""
-    by_name: dict[str, list[Pair]] = {}
-    for pair in pairs:
-        by_name.setdefault(pair.name, []).append(pair)
-    for name, group in by_name.items():
-        if len(group) > 1:
-            report.clashes.append(f"{', '.join(str(p.rainy) for p in group)} all give the output name {name!r}")
-    return [group[0] for group in by_name.values() if len(group) == 1]
-
-
-def _inputs_only(rain_dir: Path, report: Report) -> list[Pair]:
-    return _unique_names([Pair(p.stem, p, None) for p in _list(rain_dir, report)], report)
-
-
-# ------------------------------------------------------------------ checking and writing
-def _decode(path: Path) -> np.ndarray | None:
-    """Pixels as OpenCV stores them (BGR, any depth), or None when the file cannot be decoded."""
-    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if arr is not None and arr.size:
-        return arr
-    try:
-        return np.ascontiguousarray(read_image(path)[..., ::-1])  # PIL fallback; RGB -> BGR
-    except DataError:
-        return None
-
-
-def verify(pairs: list[Pair], report: Report) -> list[Pair]:
-    """Decode every file; pairs with unreadable files, size mismatches or odd widths are dropped."""
-    sizes: dict[Path, tuple[int, int] | None] = {}
-
-    def size(path: Path) -> tuple[int, int] | None:
-        if path not in sizes:
-            arr = _decode(path)
-            sizes[path] = None if arr is None else (arr.shape[1], arr.shape[0])  # (W, H)
-            if arr is None:
-                report.unreadable.append(f"{path}: cannot be decoded (truncated, corrupt or not an image)")
-        return sizes[path]
-
-    good = []
-    for pair in pairs:
-        a = size(pair.rainy)
-        b = size(pair.clean) if pair.clean is not None and pair.half is None else a
-        if a is None or b is None:
-            continue
-        if pair.half is not None and a[0] % 2:
-            report.odd_width.append(f"{pair.rainy}: width {a[0]} is odd, so it has no two equal halves")
-        elif a != b:
-            report.mismatched.append(f"{pair.rainy} is {a[0]}x{a[1]} but {pair.clean} is {b[0]}x{b[1]} (WxH)")
-        else:
-            good.append(pair)
-    return good
-
-
+# ------------------------------------------------------------------ writing
 def jobs_for(pairs: list[Pair], out_split: Path) -> list[Job]:
     """The output files of ``pairs`` under ``out_split``."""
     jobs = []
@@ -307,7 +96,8 @@ def jobs_for(pairs: list[Pair], out_split: Path) -> list[Job]:
 
 
 def _half_png(src: Path, half: str) -> bytes:
-    arr = _decode(src)
+    """The ``half`` ('left'/'right') of ``src`` encoded as lossless PNG."""
+    arr = decode(src)
     if arr is None:
         raise PrepareError(f"{src} could not be decoded a second time; check the disk")
     w = arr.shape[1] // 2
@@ -351,7 +141,7 @@ def place(job: Job, mode: str) -> None:
 def check_output(out_split: Path, report: Report) -> None:
     """Every output stem must appear once in ``input/`` and once in ``target/`` (if present)."""
     folders = [out_split / s for s in ("input", "target") if (out_split / s).is_dir()]
-    stems = [[p.stem for p in _list(f, Report(""))] for f in folders]
+    stems = [[p.stem for p in list_images(f, Report(""))] for f in folders]
     for folder, own in zip(folders, stems):
         report.unpaired_output += [f"{folder / s}.*: more than one file with this stem" for s in sorted(set(own))
                                    if own.count(s) > 1]
@@ -390,6 +180,7 @@ def prepare_split(report: Report, pairs: list[Pair], out_split: Path, mode: str 
 
 # ------------------------------------------------------------------ command line
 def _standard_sources(src: Path, split: str | None, name: str, no_target: bool) -> list[tuple[str, Report, list[Pair]]]:
+    """``(split, report, pairs)`` of the authors' ``<name>/{train,test}/{input,target}`` layout (or one split of it)."""
     if (src / "input").is_dir():
         if split is None:
             raise PrepareError(f"{src} holds input/ itself, so it is a single split: say which with --split train|test")
@@ -402,7 +193,7 @@ def _standard_sources(src: Path, split: str | None, name: str, no_target: bool) 
     out = []
     for s, folder in found:
         report = Report(f"{name}/{s}: standard layout {folder}")
-        pairs = (_inputs_only(folder / "input", report) if no_target else
+        pairs = (inputs_only(folder / "input", report) if no_target else
                  pair_folders(folder / "input", folder / "target", NamePattern("{id}", "{id}"), report))
         out.append((s, report, pairs))
     return out
@@ -415,12 +206,11 @@ def _sources(args: argparse.Namespace) -> list[tuple[str, Report, list[Pair]]]:
     split = args.split or "test"
     if args.layout == "side-by-side":
         report = Report(f"{args.name}/{split}: side-by-side {args.src}, rainy half on the {args.input_side}")
-        pairs = [Pair(p.stem, p, p, args.input_side) for p in _list(args.src, report)]
-        return [(split, report, _unique_names(pairs, report))]
+        return [(split, report, pair_side_by_side(args.src, args.input_side, report))]
     rain_dir, clean_dir = args.src / (args.rain_dir or "rain"), args.src / (args.clean_dir or "norain")
     if args.no_target:
         report = Report(f"{args.name}/{split}: rainy images only, {rain_dir}")
-        return [(split, report, _inputs_only(rain_dir, report))]
+        return [(split, report, inputs_only(rain_dir, report))]
     if args.preset:
         rainy, clean, id_regex = PRESETS[args.preset]
         pattern = NamePattern.parse(f"{rainy}:{clean}", args.id_regex or id_regex)
@@ -454,6 +244,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _synthetic_sources(args: argparse.Namespace, tmp: Path) -> list[tuple[str, Report, list[Pair]]]:
+    """Render the synthetic set under ``tmp``, then pair it as a standard layout."""
     from data.synthetic_rain import make_paired_dataset  # renders only when asked
 
     preset = SYNTHETIC[args.synthetic]
@@ -485,6 +276,7 @@ def prepare(args: argparse.Namespace) -> list[Report]:
 
 
 def _size(text: str) -> tuple[int, int] | None:
+    """``--synthetic_size``: ``HxW`` -> ``(H, W)``; ``full`` -> None (the photos' own sizes)."""
     if text == "full":
         return None
     m = re.fullmatch(r"(\d+)x(\d+)", text)
