@@ -1,0 +1,114 @@
+"""Command line of ``train.py``. Defaults are the released recipe (SPEC 6), flag names the released ones.
+
+Precedence, lowest first: these defaults, ``--preset``, the arguments stored in a ``--resume``
+checkpoint, flags given on the command line.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Sequence
+
+from utils.metrics import PROTOCOLS
+
+from .common import add_inference_args, add_network_args, non_negative_int, positive_int
+from .presets import PRESETS
+
+# Per-invocation flags that a resumed run does not inherit from the checkpoint.
+SESSION_KEYS = ("resume", "weights", "max_steps", "num_workers", "device", "progress")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``train.py`` parser with the released defaults."""
+    p = argparse.ArgumentParser(
+        prog="train.py",
+        description="Train VLIFNet/ESDNet on paired rainy/clean folders (released recipe).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="dataset preset (paths, refinement flag; 'demo' = tiny net on synthetic rain)")
+    d = p.add_argument_group("data")
+    d.add_argument("--train_dir", type=Path, default=None, help="folder holding input/ and target/")
+    d.add_argument("--val_dir", type=Path, default=None,
+                   help="validation folder (input/, target/); none = no validation")
+    d.add_argument("--patch_size_train", type=positive_int, default=64, help="side of the random training crop")
+    d.add_argument("--batch_size", type=positive_int, default=12, help="training batch size")
+    d.add_argument("--num_workers", type=non_negative_int, default=4, help="data-loader worker processes")
+    d.add_argument("--flips", action=argparse.BooleanOptionalAction, default=False,
+                   help="random horizontal/vertical flips (not in the released recipe)")
+    d.add_argument("--val_crop", type=non_negative_int, default=0,
+                   help="validate on one fixed random crop of this side per image (the release used 64); "
+                        "0 = full images")
+    add_network_args(p)
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--num_epochs", type=positive_int, default=1000, help="epochs (one crop per image each)")
+    o.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate")
+    o.add_argument("--min_lr", type=float, default=1e-7, help="learning rate at the end of the cosine")
+    o.add_argument("--warmup_epochs", type=non_negative_int, default=3, help="linear warm-up epochs, from 0")
+    o.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay")
+    o.add_argument("--loss", choices=("ssim", "l1", "charbonnier"), default="ssim",
+                   help="training loss (released: 1 - SSIM)")
+    o.add_argument("--ema_decay", type=float, default=0.0,
+                   help="keep an exponential moving average of the weights, used for validation and "
+                        "saved as the weights (e.g. 0.999); 0 = off")
+    r = p.add_argument_group("run")
+    r.add_argument("--seed", type=int, default=1234, help="seed of the weights, crops and shuffling")
+    r.add_argument("--model_save_dir", type=Path, default=Path("checkpoints/run"),
+                   help="checkpoints, log file and TensorBoard logs go here")
+    r.add_argument("--val_epochs", type=positive_int, default=10, help="validate every this many epochs")
+    r.add_argument("--val_metric", choices=PROTOCOLS, default="matlab-y",
+                   help="PSNR convention that picks the best model")
+    r.add_argument("--save_every", type=non_negative_int, default=0,
+                   help="also keep epoch_<n>.pth every this many epochs; 0 = only last and best")
+    r.add_argument("--max_steps", type=positive_int, default=None,
+                   help="stop after this many optimiser steps in total (short runs; resumable)")
+    r.add_argument("--resume", type=Path, default=None,
+                   help="continue a run from its checkpoint (weights, optimiser, schedule, RNG, args)")
+    r.add_argument("--weights", type=Path, default=None,
+                   help="start from these weights (fine-tuning); network read from the file")
+    r.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
+                   help="write TensorBoard logs to <model_save_dir>/tb")
+    r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bars")
+    add_inference_args(p)
+    return p
+
+
+def peek_resume(argv: Sequence[str] | None) -> Path | None:
+    """The ``--resume`` path, if any, before the full parse (its args become defaults)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--resume", type=Path, default=None)
+    return p.parse_known_args(argv)[0].resume
+
+
+def parse_train_args(argv: Sequence[str] | None = None, saved: dict[str, Any] | None = None) -> argparse.Namespace:
+    """Parse ``argv``; ``saved`` are the arguments of a checkpoint being resumed."""
+    parser = build_parser()
+    preset = parser.parse_args(argv).preset
+    if preset is None and saved:
+        preset = saved.get("preset")
+    if preset is not None:
+        parser.set_defaults(**PRESETS[preset])
+    if saved:
+        known = {a.dest for a in parser._actions}
+        parser.set_defaults(**{k: v for k, v in saved.items() if k in known and k not in SESSION_KEYS})
+    args = parser.parse_args(argv)
+    for key in ("train_dir", "val_dir", "model_save_dir", "resume", "weights"):
+        value = getattr(args, key)
+        setattr(args, key, Path(value) if value is not None else None)
+    if args.resume is not None and args.weights is not None:
+        parser.error("--resume and --weights exclude each other (resume continues a run; weights start one)")
+    if args.overlap_size >= args.crop_size > 0:
+        parser.error(f"--overlap_size ({args.overlap_size}) must be smaller than --crop_size ({args.crop_size})")
+    return args
+
+
+def args_to_dict(args: argparse.Namespace) -> dict[str, Any]:
+    """Arguments as plain primitives (paths as strings, tuples as lists) for the checkpoint."""
+    out: dict[str, Any] = {}
+    for key, value in vars(args).items():
+        if isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[key] = value
+    return out

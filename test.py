@@ -1,0 +1,128 @@
+"""Derain a folder with a checkpoint and score it in the three conventions of SPEC 7.
+
+    python test.py --data_path rainy/ --target_path clean/ --weights model.pth --save_path out/
+    python test.py --data_path rainy/ --weights model.pth --crop_size 0      # whole images
+    python test.py --metrics_only --data_path out/ --target_path clean/       # score results
+    python test.py                                                            # the demo
+
+One lossless PNG per input (named by its stem); with targets, ``metrics.csv`` (per image) and
+``metrics.json`` (means) in ``--save_path``, and a table on stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from data.dataset import DataError, check_pairs, list_images, pair_by_name, read_image, write_png
+from options.common import network_overrides
+from options.presets import DEMO_DATA_ROOT
+from options.test_options import parse_test_args
+from utils.checkpoint import CheckpointError, load_model
+from utils.evaluation import derain, format_table, score, summarise, write_csv, write_json
+from utils.logger import setup_logging
+from utils.training import pick_device
+
+log = logging.getLogger("test")
+
+
+def load_network(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+    """The checkpoint's network (``--arch`` and network flags override), in eval mode on ``device``."""
+    model, ckpt = load_model(args.weights, arch=args.arch, map_location="cpu", **network_overrides(args))
+    log.info("%s: %s %s", args.weights, type(model).__name__, model.config)
+    return model.to(device).eval(), ckpt
+
+
+def collect(args: argparse.Namespace) -> list[tuple[Path, Path | None]]:
+    """``(image, target or None)`` for every image of ``--data_path``, paired by name."""
+    if args.target_path is None:
+        return [(p, None) for p in list_images(args.data_path)]
+    pairs = pair_by_name(args.data_path, args.target_path)
+    check_pairs(pairs)
+    return pairs
+
+
+def run(args: argparse.Namespace, items: list[tuple[Path, Path | None]], net: nn.Module | None,
+        device: torch.device) -> tuple[list[dict], list[dict]]:
+    """Derain (unless ``net`` is None: metrics only) and score; returns result and input rows."""
+    rows, input_rows = [], []
+    for path, target_path in tqdm(items, desc="derain" if net is not None else "score", dynamic_ncols=True):
+        img = read_image(path)
+        out = img if net is None else derain(net, img, device, args.crop_size, args.overlap_size, args.tile_batch)
+        if net is not None:
+            write_png(args.save_path / f"{path.stem}.png", out)
+        if target_path is None:
+            continue
+        target = read_image(target_path)
+        if out.shape != target.shape:
+            raise DataError(f"{path} is {out.shape[1]}x{out.shape[0]} but {target_path} is "
+                            f"{target.shape[1]}x{target.shape[0]}: results and targets must match in size")
+        rows.append({"name": path.stem, **score(out, target, args.protocols)})
+        if args.score_input and net is not None:
+            input_rows.append({"name": path.stem, **score(img, target, args.protocols)})
+    return rows, input_rows
+
+
+def report(args: argparse.Namespace, rows: list[dict], input_rows: list[dict], seconds: float) -> str:
+    """Write ``metrics.csv`` / ``metrics.json`` in ``--save_path``; return the table."""
+    summaries = {("scored" if args.metrics_only else "derained"): summarise(rows, args.protocols)}
+    csv_rows = [dict(r) for r in rows]
+    if input_rows:
+        summaries["rainy input"] = summarise(input_rows, args.protocols)
+        for row, inp in zip(csv_rows, input_rows):
+            row.update({f"input_{k}": v for k, v in inp.items() if k != "name"})
+    write_csv(args.save_path / "metrics.csv", csv_rows)
+    write_json(args.save_path / "metrics.json", {
+        "num_images": len(rows), "protocols": list(args.protocols), "means": summaries,
+        "data_path": str(args.data_path), "target_path": str(args.target_path),
+        "weights": None if args.metrics_only else str(args.weights),
+        "crop_size": args.crop_size, "overlap_size": args.overlap_size, "seconds": round(seconds, 3),
+    })
+    return format_table(summaries, len(rows))
+
+
+def prepare_demo(args: argparse.Namespace) -> None:
+    """Point the paths at the synthetic demo test set (built on first use)."""
+    from data.synthetic_rain import make_demo_dataset
+
+    test_dir = Path(make_demo_dataset(DEMO_DATA_ROOT)["test"])
+    args.data_path, args.target_path = test_dir / "input", test_dir / "target"
+    args.save_path = args.save_path or Path("results/demo/derained")
+    log.info("demo: held-out synthetic rain in %s, weights %s", test_dir, args.weights)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the command line, derain and/or score; returns the exit status."""
+    args = parse_test_args(argv)
+    setup_logging()
+    try:
+        if args.demo:
+            prepare_demo(args)
+        if args.save_path is None:
+            args.save_path = args.data_path if args.metrics_only else Path("results") / args.weights.stem
+        items = collect(args)
+        device = pick_device(args.device)
+        net = None if args.metrics_only else load_network(args, device)[0]
+        start = time.time()
+        rows, input_rows = run(args, items, net, device)
+        seconds = time.time() - start
+    except (DataError, CheckpointError) as exc:
+        log.error("%s", exc)
+        return 2
+    if not args.metrics_only:
+        log.info("%d images derained in %.1f s -> %s", len(items), seconds, args.save_path)
+    if rows:
+        print(report(args, rows, input_rows, seconds))
+        print(f"metrics per image: {args.save_path / 'metrics.csv'}; means: {args.save_path / 'metrics.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""One inference-and-scoring path for ``test.py`` and ``train.py``'s validation.
+
+An image goes uint8 -> [0, 1] float -> :func:`utils.tiling.restore` -> clamp, round -> uint8,
+and is scored on uint8 with :mod:`utils.metrics` under each requested convention (SPEC 7).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from data.dataset import to_tensor, to_uint8
+from utils.metrics import PROTOCOLS, psnr, ssim
+from utils.tiling import restore
+
+__all__ = ["derain", "score", "summarise", "format_table", "write_csv", "write_json"]
+
+
+def derain(net: nn.Module, img: np.ndarray, device: torch.device | str = "cpu", crop_size: int = 80,
+           overlap: int = 8, tile_batch: int = 16) -> np.ndarray:
+    """Derain one RGB ``uint8`` ``HxWx3`` image; returns the same layout (clamped, rounded)."""
+    x = to_tensor(img)[None].to(device)  # [1, 3, H, W]
+    return to_uint8(restore(net, x, crop_size, overlap, tile_batch)[0])
+
+
+def score(pred: np.ndarray, target: np.ndarray, protocols: Sequence[str] = PROTOCOLS) -> dict[str, float]:
+    """``{"psnr_<protocol>": dB, "ssim_<protocol>": value}`` for uint8 RGB images."""
+    out: dict[str, float] = {}
+    for protocol in protocols:
+        out[f"psnr_{protocol}"] = psnr(pred, target, protocol)
+        out[f"ssim_{protocol}"] = ssim(pred, target, protocol)
+    return out
+
+
+def _mean(values: Iterable[float]) -> float:
+    """Mean over finite values (identical images give PSNR inf; tiny ones SSIM nan)."""
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def summarise(rows: Sequence[Mapping[str, Any]], protocols: Sequence[str] = PROTOCOLS) -> dict[str, dict[str, float]]:
+    """Per-convention means of per-image rows: ``{protocol: {"psnr": dB, "ssim": value}}``."""
+    return {
+        p: {"psnr": _mean(r[f"psnr_{p}"] for r in rows), "ssim": _mean(r[f"ssim_{p}"] for r in rows)}
+        for p in protocols
+    }
+
+
+def format_table(summaries: Mapping[str, Mapping[str, Mapping[str, float]]], num_images: int) -> str:
+    """Plain-text table: one row per (label, convention), e.g. ``derained`` / ``rainy input``."""
+    lines = [f"{'images':<14}{'convention':<11}{'PSNR (dB)':>10}{'SSIM':>9}   (mean of {num_images})"]
+    for label, summary in summaries.items():
+        for protocol, m in summary.items():
+            lines.append(f"{label:<14}{protocol:<11}{m['psnr']:>10.2f}{m['ssim']:>9.4f}")
+    return "\n".join(lines)
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Per-image rows (a ``name`` column, then the metric columns) as CSV."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["name"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def write_json(path: str | os.PathLike, obj: Mapping[str, Any]) -> None:
+    """Indented JSON; ``inf``/``nan`` are written as ``null`` (strict JSON has no such numbers)."""
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, Mapping):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(clean(obj), indent=2) + "\n", encoding="utf-8")
