@@ -3,6 +3,7 @@
     python test.py --data_path rainy/ --target_path clean/ --weights model.pth --save_path out/
     python test.py --data_path rainy/ --weights model.pth --crop_size 0      # whole images
     python test.py --metrics_only --data_path out/ --target_path clean/       # score results
+    python test.py --benchmark --data_root datasets --weights_dir pretrained_models  # paper table
     python test.py                                                            # the demo
 
 One lossless PNG per input (named by its stem); with targets, ``metrics.csv`` (per image) and
@@ -11,6 +12,8 @@ One lossless PNG per input (named by its stem); with targets, ``metrics.csv`` (p
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import logging
 import sys
 import time
@@ -25,7 +28,10 @@ from data.dataset import DataError, check_pairs, list_images, pair_by_name, read
 from options.common import network_overrides
 from options.presets import DEMO_DATA_ROOT
 from options.test_options import parse_test_args
+from utils.benchmark import BenchmarkError, run_benchmark
 from utils.checkpoint import CheckpointError, load_model
+from utils.energy import EnergyMeter
+from utils.energy_report import format_table as format_energy
 from utils.evaluation import derain, format_table, score, summarise, write_csv, write_json
 from utils.logger import setup_logging
 from utils.training import pick_device
@@ -98,29 +104,62 @@ def prepare_demo(args: argparse.Namespace) -> None:
     log.info("demo: held-out synthetic rain in %s, weights %s", test_dir, args.weights)
 
 
+def evaluate_folder(args: argparse.Namespace) -> tuple[list[dict], list[dict], dict | None]:
+    """Derain (or only score) ``args.data_path`` and write the reports; returns the per-image rows,
+    the rainy inputs' rows and the energy summary (``--energy``) or ``None``."""
+    items = collect(args)
+    device = pick_device(args.device)
+    net = None if args.metrics_only else load_network(args, device)[0]
+    meter = EnergyMeter(net) if args.energy and net is not None else contextlib.nullcontext()
+    start = time.time()
+    with meter:
+        rows, input_rows = run(args, items, net, device)
+    seconds = time.time() - start
+    if not args.metrics_only:
+        log.info("%d images derained in %.1f s -> %s", len(items), seconds, args.save_path)
+    energy = None
+    if isinstance(meter, EnergyMeter):
+        energy = meter.summary(num_images=len(items))
+        energy.update(arch=type(net).__name__.lower(), config=net.config, weights=str(args.weights))
+        write_json(args.save_path / "energy.json", energy)
+    if rows:
+        print(report(args, rows, input_rows, seconds))
+        print(f"metrics per image: {args.save_path / 'metrics.csv'}; means: {args.save_path / 'metrics.json'}")
+    if energy is not None:
+        print(format_energy(energy))
+    return rows, input_rows, energy
+
+
+def benchmark(args: argparse.Namespace) -> int:
+    """``--benchmark``: every prepared dataset with its weights; results.md in ``--save_path``."""
+    def evaluate(input_dir: Path, target_dir: Path | None, weights: Path, save_dir: Path) -> dict:
+        run_args = copy.copy(args)
+        run_args.data_path, run_args.target_path, run_args.weights, run_args.save_path = (
+            input_dir, target_dir, weights, save_dir)
+        rows = evaluate_folder(run_args)[0]
+        return summarise(rows, args.protocols) if rows else {}
+
+    result = run_benchmark(args.data_root, args.weights_dir, args.save_path, evaluate,
+                           weights_map=args.weights_map, names=args.datasets, protocols=args.protocols)
+    print(Path(result["results_md"]).read_text(encoding="utf-8"))
+    return 1 if result["failed"] else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line, derain and/or score; returns the exit status."""
     args = parse_test_args(argv)
     setup_logging()
     try:
+        if args.benchmark:
+            return benchmark(args)
         if args.demo:
             prepare_demo(args)
         if args.save_path is None:
             args.save_path = args.data_path if args.metrics_only else Path("results") / args.weights.stem
-        items = collect(args)
-        device = pick_device(args.device)
-        net = None if args.metrics_only else load_network(args, device)[0]
-        start = time.time()
-        rows, input_rows = run(args, items, net, device)
-        seconds = time.time() - start
-    except (DataError, CheckpointError) as exc:
+        evaluate_folder(args)
+    except (DataError, CheckpointError, BenchmarkError) as exc:
         log.error("%s", exc)
         return 2
-    if not args.metrics_only:
-        log.info("%d images derained in %.1f s -> %s", len(items), seconds, args.save_path)
-    if rows:
-        print(report(args, rows, input_rows, seconds))
-        print(f"metrics per image: {args.save_path / 'metrics.csv'}; means: {args.save_path / 'metrics.json'}")
     return 0
 
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from utils.benchmark import DATASETS, parse_weights_map
 from utils.metrics import PROTOCOLS
 
 from .common import add_inference_args, add_network_args
@@ -37,6 +38,21 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also score the rainy inputs against the targets, for comparison")
     io.add_argument("--protocols", nargs="+", choices=PROTOCOLS, default=list(PROTOCOLS),
                     help="metric conventions to report (SPEC 7)")
+    bench = p.add_argument_group("benchmarks (docs/benchmarks.md)")
+    bench.add_argument("--benchmark", action=argparse.BooleanOptionalAction, default=False,
+                       help="evaluate every dataset present under --data_root with its released weights and "
+                            "write results.md (paper layout) to --save_path (default results/benchmark)")
+    bench.add_argument("--data_root", type=Path, default=None,
+                       help="folder holding <name>/test/{input,target} (made by python -m data.prepare)")
+    bench.add_argument("--weights_dir", type=Path, default=DEMO_WEIGHTS.parent,
+                       help="folder holding the released weights (Rain200L.pth, Rain200H.pth, Rain1200.pth)")
+    bench.add_argument("--weights_map", type=parse_weights_map, default=None,
+                       help="override the dataset -> weights mapping, e.g. Rain12=Rain200H.pth,RW_Rain=Rain1200.pth")
+    bench.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=None,
+                       help="evaluate only these datasets (default: every one present)")
+    p.add_argument("--energy", action=argparse.BooleanOptionalAction, default=False,
+                   help="also measure MACs, synaptic operations, firing rates and energy (docs/energy.md), "
+                        "averaged over the images; written to energy.json")
     add_network_args(p, from_checkpoint=True)
     add_inference_args(p)
     return p
@@ -52,6 +68,11 @@ def parse_test_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.demo:
         args.weights = args.weights or DEMO_WEIGHTS
         args.score_input = True
+        return args
+    if args.benchmark:
+        if args.data_root is None:
+            parser.error("--benchmark needs --data_root (the folder made by python -m data.prepare)")
+        args.save_path = args.save_path or Path("results/benchmark")
         return args
     if args.data_path is None:
         parser.error("--data_path is required (or run without arguments for the demo)")
