@@ -7,8 +7,19 @@
 
 All neurons are multi-step: they take ``x_seq`` ``[T, B, C, H, W]``. NI-LIF and VLIF keep
 no state between calls; the LIF state is cleared by the network at every forward.
+
+Two implementations compute the same thing (:func:`set_neuron_impl`):
+- ``reference``: the plain code in this file (and spikingjelly's LIF), pinned by the golden
+  vectors;
+- ``fast`` (default): the kernels of :mod:`models.fast` - identical spikes and outputs,
+  gradients equal to float rounding, less memory, compiled where ``torch.compile`` works.
+The switch is global and changes no module or state-dict key, so it can be flipped at any
+time, also on a built or loaded network.
 """
 from __future__ import annotations
+
+import contextlib
+from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -19,10 +30,83 @@ LIF_THRESHOLD = 0.15
 NILIF_LEVELS = 4  # spikes are k / 4, k in 0..4
 NILIF_DECAY = 0.25
 
+NEURON_IMPLS = ("reference", "fast")
+_neuron_impl = "fast"
 
-def lif(v_threshold: float = LIF_THRESHOLD) -> neuron.LIFNode:
+
+def set_neuron_impl(name: str) -> str:
+    """Select the neuron implementation for every network: ``reference`` or ``fast``.
+
+    Returns the previous choice. Global and stateless: no keys, parameters or buffers change.
+    """
+    global _neuron_impl
+    if name not in NEURON_IMPLS:
+        raise ValueError(f"unknown neuron implementation {name!r}; choose one of {', '.join(NEURON_IMPLS)}")
+    previous, _neuron_impl = _neuron_impl, name
+    return previous
+
+
+def get_neuron_impl() -> str:
+    """The implementation in use, ``reference`` or ``fast``."""
+    return _neuron_impl
+
+
+@contextlib.contextmanager
+def neuron_impl(name: str) -> Iterator[None]:
+    """``with neuron_impl("reference"): ...`` runs the block with that implementation."""
+    previous = set_neuron_impl(name)
+    try:
+        yield
+    finally:
+        set_neuron_impl(previous)
+
+
+class LIF(neuron.LIFNode):
+    """spikingjelly's LIFNode; under the ``fast`` implementation its multi-step CPU forward
+    runs :func:`models.fast.lif_multi_step` (same spikes and membranes, bit for bit).
+
+    The fast kernel covers this project's configuration (tau 2, no input decay, hard reset to
+    0 not detached, sigmoid surrogate, float32) from a freshly reset or gradient-free state;
+    anything else, and CUDA (where spikingjelly already runs a fused kernel), goes to
+    spikingjelly.
+    """
+
+    def _fast_ok(self, x_seq: torch.Tensor) -> bool:
+        v = self.v
+        fresh = isinstance(v, float) or not (torch.is_grad_enabled() and v.requires_grad)
+        return (
+            _neuron_impl == "fast"
+            and fresh
+            and x_seq.device.type == "cpu"
+            and x_seq.dtype == torch.float32
+            and self.tau == 2.0
+            and not self.decay_input
+            and self.v_reset == 0.0
+            and not self.detach_reset
+            and not self.store_v_seq
+            and self._neuron_precision is None
+            and type(self.surrogate_function) is surrogate.Sigmoid
+            and self.surrogate_function.spiking
+        )
+
+    def multi_step_forward(self, x_seq: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if args or kwargs or not self._fast_ok(x_seq):
+            return super().multi_step_forward(x_seq, *args, **kwargs)
+        from . import fast
+
+        v0 = self.v
+        if isinstance(v0, float) or v0.shape != x_seq.shape[1:]:
+            v0 = torch.full_like(x_seq[0], float(v0) if isinstance(v0, float) else self.v_reset)
+        spikes, v = fast.lif_multi_step(
+            x_seq, v0, self.tau, float(self.v_threshold), float(self.surrogate_function.alpha)
+        )
+        self.v = v
+        return spikes
+
+
+def lif(v_threshold: float = LIF_THRESHOLD) -> LIF:
     """The released LIF: tau 2, no input decay, hard reset to 0, sigmoid surrogate (alpha 4)."""
-    return neuron.LIFNode(
+    return LIF(
         tau=2.0,
         decay_input=False,
         v_threshold=v_threshold,
@@ -69,11 +153,20 @@ def ni_lif_reference(x_seq: torch.Tensor) -> torch.Tensor:
     return torch.stack(spikes)
 
 
+def ni_lif(x_seq: torch.Tensor) -> torch.Tensor:
+    """NI-LIF over the first axis of ``x_seq`` ``[L, ...]`` with the selected implementation."""
+    if _neuron_impl == "fast":
+        from . import fast
+
+        return fast.ni_lif(x_seq)
+    return ni_lif_reference(x_seq)
+
+
 class NILIF(nn.Module):
     """Multi-step NI-LIF layer (no parameters, no state between calls)."""
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-        return ni_lif_reference(x_seq)
+        return ni_lif(x_seq)
 
 
 def patch_to_time(x_seq: torch.Tensor, r: int) -> torch.Tensor:
@@ -110,9 +203,15 @@ class VLIF(nn.Module):
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         T, B, C, H, W = x_seq.shape
-        spikes = self.node(patch_to_time(x_seq, self.r))  # [T*r*r, B, C, H/r, W/r]
-        y = time_to_patch(spikes, T, self.r)  # [T*B, C*r*r, H/r, W/r]
-        y = F.interpolate(y, size=(H, W), mode="bilinear", align_corners=False)
+        if _neuron_impl == "fast":
+            from . import fast
+
+            y = fast.vlif_spikes(x_seq, self.r)  # [T*B, C*r*r, H/r, W/r], one fused kernel
+            y = fast.upsample_spikes(y, (H, W))  # exact: spikes are multiples of 1/4
+        else:
+            spikes = self.node(patch_to_time(x_seq, self.r))  # [T*r*r, B, C, H/r, W/r]
+            y = time_to_patch(spikes, T, self.r)  # [T*B, C*r*r, H/r, W/r]
+            y = F.interpolate(y, size=(H, W), mode="bilinear", align_corners=False)
         return self.channel_adjust(y).view(T, B, C, H, W)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from models import MODELS
+from models.neurons import NEURON_IMPLS
 
 
 def positive_int(text: str) -> int:
@@ -50,8 +51,12 @@ def add_inference_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--crop_size", type=non_negative_int, default=80,
                    help="tile side of the released tiled inference; 0 = whole image at once")
     g.add_argument("--overlap_size", type=non_negative_int, default=8, help="overlap between tiles in pixels")
-    g.add_argument("--tile_batch", type=positive_int, default=16, help="tiles per network call")
+    g.add_argument("--tile_batch", type=non_negative_int, default=0,
+                   help="tiles per network call; 0 = as many as fit in half the free memory (at most 16 on CPU)")
     g.add_argument("--device", default="auto", help="'auto' (CUDA if present, else CPU), 'cpu', 'cuda:0', ...")
+    g.add_argument("--neuron_impl", choices=NEURON_IMPLS, default="fast",
+                   help="spiking-neuron kernels: 'fast' (default; identical spikes and outputs) or 'reference' "
+                        "(the plain code the golden tests pin); docs/speed.md")
 
 
 def network_overrides(args: argparse.Namespace) -> dict:

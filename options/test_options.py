@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "averaged over the images; written to energy.json")
     add_network_args(p, from_checkpoint=True)
     add_inference_args(p)
+    p.add_argument("--fold_bn", action=argparse.BooleanOptionalAction, default=True,
+                   help="fold each eval-mode batch norm into the convolution before it (same function, float "
+                        "rounding apart; docs/speed.md); --no-fold_bn runs the layers as trained")
     return p
 
 

@@ -17,7 +17,7 @@ from data.dataset import (DataError, EpochBatchSampler, PairedImageDataset, pair
 from models import build_model
 from options.train_options import parse_train_args
 from utils.losses import SSIMLoss, ssim, ssim_map
-from utils.tiling import blend_weight, restore, tile_starts, tiled_forward
+from utils.tiling import blend_weight, restore, tile_starts, tiled_forward, tiled_forward_stream
 from utils.training import build_scheduler, get_rng_state, lr_at_epoch, set_rng_state
 
 
@@ -156,6 +156,28 @@ def test_tiling_real_network_batched_equals_one_at_a_time(tiny_config):
     batched = tiled_forward(net, img, crop_size=16, overlap=4, tile_batch=3)
     assert one.shape == img.shape
     assert torch.allclose(one, batched, atol=1e-5)
+
+
+def test_streamed_tiles_share_calls_across_images_and_equal_one_at_a_time():
+    calls = []
+
+    class Counting(_LocalNet):
+        def forward(self, x):
+            calls.append(x.shape[0])
+            return super().forward(x)
+
+    net = Counting()
+    sizes = [(100, 170), (100, 170), (37, 53), (100, 170), (1, 1)]  # 6, 6, 1, 6, 1 tiles
+    images = [torch.rand(1, 3, *hw) for hw in sizes]
+    # the released loop crashes below 80 pixels; a single tile's blend weights cancel
+    expected = [_released_tiling(net, img) if min(img.shape[-2:]) >= 80 else net(img) for img in images]
+    calls.clear()
+    streamed = list(tiled_forward_stream(net, iter(images), 80, 8, tile_batch=4))
+    assert len(streamed) == len(images)
+    for out, ref, img in zip(streamed, expected, images):
+        assert out.shape == img.shape and torch.allclose(out, ref, atol=1e-5)
+    # 12 tiles of the first two images in 3 calls of 4; a new tile shape starts a new call
+    assert calls == [4, 4, 4, 1, 4, 2, 1]
 
 
 def test_tiling_rejects_bad_overlap():

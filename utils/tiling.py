@@ -9,10 +9,12 @@ length (the released code crashed there), so any size from 1x1 works.
 """
 from __future__ import annotations
 
+from typing import Iterable, Iterator
+
 import torch
 import torch.nn as nn
 
-__all__ = ["blend_weight", "tile_starts", "tiled_forward", "restore"]
+__all__ = ["blend_weight", "tile_starts", "tiled_forward", "tiled_forward_stream", "restore", "restore_stream"]
 
 
 def blend_weight(height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -32,6 +34,78 @@ def tile_starts(size: int, tile: int, stride: int) -> list[int]:
     return starts
 
 
+class _Job:
+    """One image being derained tile by tile: its tiles, the weighted sum and the weight sum."""
+
+    def __init__(self, img: torch.Tensor, crop_size: int, overlap: int):
+        _, _, H, W = img.shape
+        self.img = img
+        self.th, self.tw = min(crop_size, H), min(crop_size, W)
+        stride = crop_size - overlap
+        self.boxes = [(y, x) for y in tile_starts(H, self.th, stride) for x in tile_starts(W, self.tw, stride)]
+        self.weight = blend_weight(self.th, self.tw, img.device).to(img.dtype)  # [th, tw]
+        self.out = torch.zeros_like(img)
+        self.wsum = torch.zeros(H, W, dtype=img.dtype, device=img.device)
+        self.left = len(self.boxes)
+
+    def tile(self, k: int) -> torch.Tensor:
+        y, x = self.boxes[k]
+        return self.img[:, :, y:y + self.th, x:x + self.tw]  # [B, 3, th, tw]
+
+    def add(self, k: int, pred: torch.Tensor) -> None:
+        y, x = self.boxes[k]
+        self.out[:, :, y:y + self.th, x:x + self.tw] += pred * self.weight
+        self.wsum[y:y + self.th, x:x + self.tw] += self.weight
+        self.left -= 1
+
+    def result(self) -> torch.Tensor:
+        return self.out / self.wsum
+
+
+@torch.inference_mode()
+def tiled_forward_stream(
+    net: nn.Module, images: Iterable[torch.Tensor], crop_size: int = 80, overlap: int = 8, tile_batch: int = 16
+) -> Iterator[torch.Tensor]:
+    """Released tiled inference over a stream of ``[B, 3, H, W]`` images, yielding each output in order.
+
+    Tiles go through ``net`` ``tile_batch`` at a time (counting every image of a batch), and
+    tiles of consecutive images of the same tile shape share network calls, so a folder of
+    481x321 images runs in full batches. At most ``tile_batch`` tiles' images are held ahead
+    of the one being yielded. The result equals one tile at a time up to float rounding.
+    """
+    if crop_size <= 0 or not 0 <= overlap < crop_size:
+        raise ValueError(f"need crop_size > 0 and 0 <= overlap < crop_size, got {crop_size}, {overlap}")
+    pending: list[tuple[_Job, int]] = []  # tiles waiting for a network call, all of one shape
+    jobs: list[_Job] = []  # images not yet yielded, in input order
+
+    def flush() -> None:
+        if not pending:
+            return
+        tiles = torch.cat([job.tile(k) for job, k in pending])  # [sum of B, 3, th, tw]
+        preds = net(tiles).split([job.img.shape[0] for job, _ in pending])
+        for (job, k), pred in zip(pending, preds):
+            job.add(k, pred)
+        pending.clear()
+
+    def shape(job: _Job) -> tuple:
+        return job.th, job.tw, job.img.shape[1:2], job.img.dtype, job.img.device
+
+    for img in images:
+        job = _Job(img, crop_size, overlap)
+        jobs.append(job)
+        if pending and shape(pending[0][0]) != shape(job):
+            flush()
+        for k in range(len(job.boxes)):
+            pending.append((job, k))
+            if sum(j.img.shape[0] for j, _ in pending) >= tile_batch:
+                flush()
+        while jobs and jobs[0].left == 0:
+            yield jobs.pop(0).result()
+    flush()
+    for job in jobs:
+        yield job.result()
+
+
 @torch.inference_mode()
 def tiled_forward(
     net: nn.Module, img: torch.Tensor, crop_size: int = 80, overlap: int = 8, tile_batch: int = 16
@@ -41,24 +115,7 @@ def tiled_forward(
     ``tile_batch`` tiles (counting every image of the batch) go through ``net`` at once; the
     result equals one tile at a time up to float rounding. ``net`` should be in eval mode.
     """
-    if crop_size <= 0 or not 0 <= overlap < crop_size:
-        raise ValueError(f"need crop_size > 0 and 0 <= overlap < crop_size, got {crop_size}, {overlap}")
-    B, _, H, W = img.shape
-    th, tw = min(crop_size, H), min(crop_size, W)
-    stride = crop_size - overlap
-    boxes = [(y, x) for y in tile_starts(H, th, stride) for x in tile_starts(W, tw, stride)]
-    weight = blend_weight(th, tw, img.device).to(img.dtype)  # [th, tw]
-    out = torch.zeros_like(img)
-    wsum = torch.zeros(H, W, dtype=img.dtype, device=img.device)
-    per_chunk = max(1, tile_batch // B)
-    for i in range(0, len(boxes), per_chunk):
-        chunk = boxes[i:i + per_chunk]
-        tiles = torch.cat([img[:, :, y:y + th, x:x + tw] for y, x in chunk])  # [len(chunk) * B, 3, th, tw]
-        pred = net(tiles).view(len(chunk), B, -1, th, tw)  # [tiles, B, 3, th, tw]
-        for k, (y, x) in enumerate(chunk):
-            out[:, :, y:y + th, x:x + tw] += pred[k] * weight
-            wsum[y:y + th, x:x + tw] += weight
-    return out / wsum
+    return next(tiled_forward_stream(net, [img], crop_size, overlap, tile_batch))
 
 
 @torch.inference_mode()
@@ -73,3 +130,13 @@ def restore(
     if crop_size == 0:
         return net(img)
     return tiled_forward(net, img, crop_size, overlap, tile_batch)
+
+
+def restore_stream(
+    net: nn.Module, images: Iterable[torch.Tensor], crop_size: int = 80, overlap: int = 8, tile_batch: int = 16
+) -> Iterator[torch.Tensor]:
+    """:func:`restore` over a stream of ``[B, 3, H, W]`` images, in order; in tiled mode tiles of
+    consecutive images share network calls (:func:`tiled_forward_stream`)."""
+    if crop_size == 0:
+        return (restore(net, img, 0) for img in images)
+    return tiled_forward_stream(net, images, crop_size, overlap, tile_batch)

@@ -1,0 +1,1 @@
+"""Reference-vs-fast benchmarks: ``python -m benchmarks.run [--quick] [--json OUT]``."""

@@ -1,0 +1,95 @@
+"""Measure the fast spiking kernels and fast inference against the reference, same process.
+
+    python -m benchmarks.run [--quick] [--json OUT] [--only neurons train inference]
+                             [--threads N] [--device cpu|cuda]
+
+Prints a Markdown table (median milliseconds, speed-up, peak memory, largest output
+difference) and, with ``--json``, writes the records with the machine and load they were
+measured under. ``--quick`` takes fewer repetitions (same shapes). See docs/speed.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from models import _native
+
+from .cases import all_cases
+from .measure import Record, machine_info, measure_pair
+
+log = logging.getLogger("benchmarks")
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table(records: Sequence[Record]) -> str:
+    """Markdown table of the records."""
+    rows = [
+        "| case | reference ms | fast ms | speed-up | max abs diff | peak MB ref | peak MB fast |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in records:
+        rows.append(
+            f"| {r.name} | {_fmt(r.reference_ms, '.1f')} | {r.fast_ms:.1f} | "
+            f"{_fmt(r.speedup, '.2f') + 'x' if r.speedup else '-'} | {_fmt(r.max_abs_diff, '.2e')} | "
+            f"{_fmt(r.reference_peak_mb, '.0f')} | {_fmt(r.fast_peak_mb, '.0f')} |"
+        )
+    return "\n".join(rows)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="fewer repetitions (same shapes); under 10 min on 2 cores")
+    p.add_argument("--json", type=Path, default=None, help="write the records and machine info to this file")
+    p.add_argument("--only", nargs="+", choices=["neurons", "train", "inference"], default=None,
+                   help="run only these case groups")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        log.error("--device cuda given but CUDA is not available")
+        return 2
+    meta = machine_info(device)
+    meta["kernels"] = "native" if device.type == "cpu" and _native.load() is not None else "torch"
+    meta["quick"] = args.quick
+    log.info("machine: %s", json.dumps(meta))
+    records: list[Record] = []
+    for group, build in all_cases(device, args.quick).items():
+        if args.only and group not in args.only:
+            continue
+        for pair in build():
+            log.info("%s: %s", pair.name, pair.description)
+            records.append(measure_pair(pair, device, log.info))
+            log.info("%s", table(records[-1:]).splitlines()[-1])
+    if hasattr(os, "getloadavg"):
+        meta["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    text = table(records)
+    print(text)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"meta": meta, "records": [asdict(r) for r in records]}
+        args.json.write_text(json.dumps(payload, indent=2))
+        log.info("wrote %s", args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Build and load the C kernels of :mod:`models.fast` (``models/csrc/*.c``) with ctypes.
+
+The two small C files are compiled once per machine with the system C compiler (``$CC`` or
+``cc``; about a second) into a shared library cached under ``$SPIKING_DERAIN_CACHE`` (default
+``~/.cache/spiking_derain``), keyed by the sources, the flags, the compiler and the CPU. No
+PyTorch headers and no build tools beyond the compiler are needed. Where no compiler works,
+:func:`load` returns ``None`` and the callers use PyTorch operations instead.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_SRC = Path(__file__).with_name("csrc")
+# exact: every operation rounds like the PyTorch reference (no contraction, no fast-math)
+_EXACT = ("spiking_exact.c", ["-O3", "-ffp-contract=off"])
+# gradient only (compared with a tolerance): fast-math lets expf vectorise
+_GRAD = ("spiking_grad.c", ["-O3", "-ffast-math"])
+
+_P, _I64, _F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+_SIGNATURES = {
+    "nilif_forward": [_P, _P, _P, _I64, _I64, _I64, _I64],
+    "nilif_backward": [_P, _P, _P, _I64, _I64, _I64, _I64],
+    "lif_forward": [_P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _F32, _F32],
+    "lif_backward": [_P, _P, _P, _I64, _I64, _I64, _I64, _F32, _F32, _F32],
+    "vlif_forward": [_P, _P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _I64],
+    "vlif_backward": [_P, _P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _I64],
+    "upsample2x_bilinear": [_P, _P, _I64, _I64, _I64, _I64],
+    "upsample2x_bilinear_backward": [_P, _P, _I64, _I64, _I64, _I64],
+}
+
+_lib: ctypes.CDLL | None = None
+_tried = False
+
+
+def _cpu_signature() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [ln for ln in f if ln.startswith(("model name", "flags"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor()
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("SPIKING_DERAIN_CACHE") or Path.home() / ".cache" / "spiking_derain"
+    path = Path(root)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    except OSError:
+        path = Path(tempfile.gettempdir()) / "spiking_derain"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def _compile(cc: str, arch: list[str], out: Path) -> None:
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        objects = []
+        for name, flags in (_EXACT, _GRAD):
+            obj = Path(tmp) / (name + ".o")
+            subprocess.run([cc, *flags, *arch, "-fPIC", "-c", str(_SRC / name), "-o", str(obj)],
+                           check=True, capture_output=True, timeout=120)
+            objects.append(str(obj))
+        lib = Path(tmp) / out.name
+        subprocess.run([cc, "-shared", *objects, "-o", str(lib), "-lm"], check=True, capture_output=True, timeout=120)
+        os.replace(lib, out)  # atomic: concurrent processes never load a half-written file
+
+
+def _build() -> ctypes.CDLL:
+    cc = os.environ.get("CC", "cc")
+    if shutil.which(cc) is None:
+        raise FileNotFoundError(f"no C compiler {cc!r}")
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    sources = b"".join((_SRC / name).read_bytes() for name, _ in (_EXACT, _GRAD))
+    errors = []
+    for arch in (["-march=native"], []):
+        key = hashlib.sha256(
+            sources + repr((_EXACT[1], _GRAD[1], arch, version, _cpu_signature(), platform.platform())).encode()
+        ).hexdigest()[:16]
+        path = _cache_dir() / f"spiking_kernels_{key}.so"
+        try:
+            if not path.exists():
+                _compile(cc, arch, path)
+            lib = ctypes.CDLL(str(path))
+        except (OSError, subprocess.SubprocessError) as err:
+            errors.append(getattr(err, "stderr", None) or err)
+            continue
+        for name, argtypes in _SIGNATURES.items():
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = argtypes, None
+        return lib
+    raise RuntimeError(f"compiling the spiking kernels failed: {errors[-1]!r}")
+
+
+def load() -> ctypes.CDLL | None:
+    """The compiled kernels, building them on first use; ``None`` where that is impossible."""
+    global _lib, _tried
+    if not _tried:
+        _tried = True
+        try:
+            _lib = _build()
+        except Exception as err:  # no compiler, read-only cache, exotic platform: stay exact in torch
+            log.warning("native spiking kernels unavailable (%s); using PyTorch operations", err)
+            _lib = None
+    return _lib
