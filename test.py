@@ -24,7 +24,8 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from data.dataset import DataError, check_pairs, list_images, pair_by_name, read_image, write_png
+from data.dataset import DataError, check_images, check_output_dir, check_pairs, list_images, pair_by_name, read_image, write_png
+from models.neurons import neuron_impl
 from options.common import network_overrides
 from options.presets import DEMO_DATA_ROOT
 from options.test_options import parse_test_args
@@ -32,7 +33,8 @@ from utils.benchmark import BenchmarkError, run_benchmark
 from utils.checkpoint import CheckpointError, load_model
 from utils.energy import EnergyMeter
 from utils.energy_report import format_table as format_energy
-from utils.evaluation import derain, format_table, score, summarise, write_csv, write_json
+from utils.evaluation import derain_stream, format_table, score, summarise, write_csv, write_json
+from utils.fuse import prepare_for_inference, resolve_tile_batch
 from utils.logger import setup_logging
 from utils.training import pick_device
 
@@ -40,16 +42,26 @@ log = logging.getLogger("test")
 
 
 def load_network(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    """The checkpoint's network (``--arch`` and network flags override), in eval mode on ``device``."""
+    """The checkpoint's network (``--arch`` and network flags override), ready for inference on
+    ``device`` (eval mode, no gradients, batch norm folded unless ``--no-fold_bn``)."""
     model, ckpt = load_model(args.weights, arch=args.arch, map_location="cpu", **network_overrides(args))
     log.info("%s: %s %s", args.weights, type(model).__name__, model.config)
-    return model.to(device).eval(), ckpt
+    fold = args.fold_bn and not args.energy  # --energy meters the network as trained (its parameters, its layers)
+    model = prepare_for_inference(model.to(device), fold=fold)
+    args.tile_batch = resolve_tile_batch(model, args.crop_size, args.tile_batch, device)
+    log.info("inference: %s neurons, batch norm %s, %s", args.neuron_impl,
+             "folded into the convolutions" if fold else "as trained",
+             "whole images" if args.crop_size == 0 else
+             f"{args.crop_size}x{args.crop_size} tiles (overlap {args.overlap_size}), {args.tile_batch} per call")
+    return model, ckpt
 
 
 def collect(args: argparse.Namespace) -> list[tuple[Path, Path | None]]:
     """``(image, target or None)`` for every image of ``--data_path``, paired by name."""
     if args.target_path is None:
-        return [(p, None) for p in list_images(args.data_path)]
+        paths = list_images(args.data_path)
+        check_images(paths)  # an unreadable or NaN image fails here, before any output is written
+        return [(p, None) for p in paths]
     pairs = pair_by_name(args.data_path, args.target_path)
     check_pairs(pairs)
     return pairs
@@ -57,11 +69,24 @@ def collect(args: argparse.Namespace) -> list[tuple[Path, Path | None]]:
 
 def run(args: argparse.Namespace, items: list[tuple[Path, Path | None]], net: nn.Module | None,
         device: torch.device) -> tuple[list[dict], list[dict]]:
-    """Derain (unless ``net`` is None: metrics only) and score; returns result and input rows."""
+    """Derain (unless ``net`` is None: metrics only) and score; returns result and input rows.
+
+    Images are read as the network needs them: tiles of consecutive images share network calls.
+    """
     rows, input_rows = [], []
-    for path, target_path in tqdm(items, desc="derain" if net is not None else "score", dynamic_ncols=True):
-        img = read_image(path)
-        out = img if net is None else derain(net, img, device, args.crop_size, args.overlap_size, args.tile_batch)
+    images = [None] * len(items)  # each input, kept from reading until it is scored
+
+    def read(i: int):
+        images[i] = read_image(items[i][0])
+        return images[i]
+
+    inputs = (read(i) for i in range(len(items)))
+    outputs = inputs if net is None else derain_stream(net, inputs, device, args.crop_size, args.overlap_size,
+                                                       args.tile_batch)
+    bar = tqdm(zip(items, outputs), total=len(items), desc="derain" if net is not None else "score",
+               dynamic_ncols=True)
+    for i, ((path, target_path), out) in enumerate(bar):
+        img, images[i] = images[i], None
         if net is not None:
             write_png(args.save_path / f"{path.stem}.png", out)
         if target_path is None:
@@ -108,6 +133,7 @@ def evaluate_folder(args: argparse.Namespace) -> tuple[list[dict], list[dict], d
     """Derain (or only score) ``args.data_path`` and write the reports; returns the per-image rows,
     the rainy inputs' rows and the energy summary (``--energy``) or ``None``."""
     items = collect(args)
+    check_output_dir(args.save_path, "--save_path")
     device = pick_device(args.device)
     net = None if args.metrics_only else load_network(args, device)[0]
     meter = EnergyMeter(net) if args.energy and net is not None else contextlib.nullcontext()
@@ -150,13 +176,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_test_args(argv)
     setup_logging()
     try:
-        if args.benchmark:
-            return benchmark(args)
-        if args.demo:
-            prepare_demo(args)
-        if args.save_path is None:
-            args.save_path = args.data_path if args.metrics_only else Path("results") / args.weights.stem
-        evaluate_folder(args)
+        with neuron_impl(args.neuron_impl):
+            if args.benchmark:
+                return benchmark(args)
+            if args.demo:
+                prepare_demo(args)
+            if args.save_path is None:
+                args.save_path = args.data_path if args.metrics_only else Path("results") / args.weights.stem
+            evaluate_folder(args)
     except (DataError, CheckpointError, BenchmarkError) as exc:
         log.error("%s", exc)
         return 2

@@ -1,10 +1,11 @@
 """Paired image folders (SPEC 6): ``<root>/input/*`` rainy and ``<root>/target/*`` clean.
 
 Pairs are matched by file stem, never by sorted position. Every pair is checked when the
-dataset is built (readable header, same size, large enough for the patch), so bad data fails
-at start-up with a message naming the file and the fix. Images are RGB ``uint8`` ``HxWx3``
-in memory; grey, RGBA/LA, palette and 16-bit files are converted, and each kind of
-conversion is logged once.
+dataset is built (not empty, readable header, same size, large enough for the patch; float
+images fully, for NaN/inf and range), so bad data fails at start-up with a message naming the
+file and the fix. Files that are not images are skipped with a warning naming them. Images
+are RGB ``uint8`` ``HxWx3`` in memory; grey, RGBA/LA, palette, 16-bit and float (values in
+[0, 1]) files are converted, and each kind of conversion is logged once.
 
 Random crops are a pure function of ``(seed, epoch, index)``: they do not depend on the
 number of data-loader workers, and a resumed run draws the same crops as an uninterrupted one.
@@ -23,30 +24,44 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from utils.atomic import write_bytes_atomic
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _CONVERSIONS = {
     "L": "grey", "I;16": "16-bit grey", "I;16B": "16-bit grey", "I": "32-bit grey",
     "LA": "grey+alpha", "RGBA": "RGBA", "P": "palette", "PA": "palette", "CMYK": "CMYK",
+    "F": "32-bit float",
 }
+_FLOAT_MODES = ("F", "float")  # PIL's mode, and what probe_image reports for OpenCV-only floats
 
 
 class DataError(ValueError):
-    """A dataset folder or image is unusable; the message names the file and the fix."""
+    """A data or output folder or an image is unusable; the message names the file and the fix."""
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files (png, jpg, jpeg, bmp, tif, tiff; any case) in ``folder``, sorted by name."""
+    """Image files (png, jpg, jpeg, bmp, tif, tiff; any case) in ``folder``, sorted by name.
+
+    Other files are skipped with one warning that names them (they are never paired).
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"image folder {folder} does not exist; check the path")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    entries = sorted(p for p in folder.iterdir() if p.is_file())
+    files = [p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS]
+    others = [p.name for p in entries if p.suffix.lower() not in IMAGE_EXTENSIONS]
     if not files:
+        found = f" (it holds only {len(others)} other files, first: {others[0]})" if others else " (it is empty)"
         raise DataError(
-            f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}; check the path "
+            f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}{found}; check the path "
             "(a dataset folder holds input/ and target/ subfolders)"
         )
+    if others:
+        log.warning("%s: skipping %d files that are not images (%s): only %s files are read",
+                    folder, len(others), ", ".join(others[:5]) + (", ..." if len(others) > 5 else ""),
+                    "/".join(IMAGE_EXTENSIONS))
     stems: dict[str, Path] = {}
     for path in files:
         if path.stem in stems:
@@ -81,16 +96,63 @@ def pair_by_name(input_dir: str | os.PathLike, target_dir: str | os.PathLike) ->
 
 
 def probe_image(path: Path) -> tuple[int, int, str]:
-    """``(height, width, PIL mode)`` from the file header; :class:`DataError` if unreadable."""
+    """``(height, width, PIL mode)`` from the file header; :class:`DataError` if unreadable.
+
+    Files PIL cannot open (3-channel float TIFFs) are decoded by OpenCV; their mode is
+    ``"float"`` for float pixels.
+    """
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise DataError(f"cannot read image {path}: {exc.strerror}; check the path and its permissions") from exc
+    if size == 0:
+        raise DataError(f"image {path} is empty (0 bytes): a copy or download was probably cut short; "
+                        "copy it again, or remove it and its partner")
     try:
         with Image.open(path) as im:
             width, height = im.size
             return height, width, im.mode
     except Exception as exc:  # PIL raises several types for corrupt or foreign files
+        arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if arr is not None:
+            return arr.shape[0], arr.shape[1], "float" if arr.dtype.kind == "f" else str(arr.dtype)
         raise DataError(
             f"cannot read image {path} ({type(exc).__name__}: {exc}); the file is corrupt or not an "
             "image: re-export it, or remove it and its partner"
         ) from exc
+
+
+def check_images(paths: Sequence[Path]) -> None:
+    """Check that every image can be read, before anything is written (used without targets).
+
+    Headers only, except float images, which are decoded to check for NaN/inf and range.
+    """
+    for path in paths:
+        if probe_image(path)[2] in _FLOAT_MODES:
+            read_image(path)
+
+
+def check_output_dir(folder: str | os.PathLike, flag: str) -> Path:
+    """Create ``folder`` if needed and make sure a file can be written in it.
+
+    ``flag`` is the option that named the folder (for the message). Raises :class:`DataError`
+    before any work is done, instead of failing at the first save.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"the output folder {folder} ({flag}) is a file, not a folder; "
+                        f"pass another path with {flag}, or move the file away")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise DataError(
+            f"cannot write to the output folder {folder} ({flag}): {exc.strerror or exc}; pass a folder "
+            f"you can write to with {flag}, or fix its permissions (or free disk space)"
+        ) from exc
+    return folder
 
 
 def _note_conversion(kind: str, path: Path, noted: set[str]) -> None:
@@ -99,13 +161,33 @@ def _note_conversion(kind: str, path: Path, noted: set[str]) -> None:
         log.warning("%s is %s: converted to 8-bit RGB (further %s images are converted silently)", path, kind, kind)
 
 
+def _float_to_uint8(arr: np.ndarray, path: Path, noted: set[str]) -> np.ndarray:
+    """Float pixels in [0, 1] -> ``uint8`` (rounded); NaN/inf or values outside [0, 1] are rejected."""
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0][:2])
+        raise DataError(
+            f"{path} holds {int(bad.sum())} NaN/inf values (first at row {row}, column {col}); the network "
+            "cannot learn from or restore them: re-export the image without them, or remove it and its partner"
+        )
+    low, high = float(arr.min()), float(arr.max())
+    if low < 0.0 or high > 1.0:
+        raise DataError(f"{path} is a float image with values in [{low:.4g}, {high:.4g}]; float images must "
+                        "hold values in [0, 1]: rescale it, or save it as an 8- or 16-bit PNG")
+    _note_conversion("32-bit float", path, noted)
+    return np.round(arr.astype(np.float64) * 255.0).astype(np.uint8)
+
+
 def _to_rgb8(arr: np.ndarray, path: Path, noted: set[str]) -> np.ndarray:
     """OpenCV's ``IMREAD_UNCHANGED`` array -> RGB ``uint8`` ``HxWx3``."""
     if arr.dtype == np.uint16:
         _note_conversion("16-bit", path, noted)
         arr = ((arr.astype(np.float64) + 0.5) / 257.0).astype(np.uint8)  # 0..65535 -> 0..255, rounded
+    elif arr.dtype.kind == "f":
+        arr = _float_to_uint8(arr, path, noted)
     elif arr.dtype != np.uint8:
-        raise DataError(f"{path} has {arr.dtype} pixels; only 8- and 16-bit images are supported: re-export it")
+        raise DataError(f"{path} has {arr.dtype} pixels; only 8-bit, 16-bit and float images are supported: "
+                        "re-export it as an 8-bit PNG")
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
     if arr.ndim == 2:
@@ -153,16 +235,7 @@ def write_png(path: str | os.PathLike, img: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(img[..., ::-1]))  # RGB -> BGR
     if not ok:
         raise OSError(f"PNG encoding failed for {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buf.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_bytes_atomic(path, buf.tobytes())
 
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
@@ -196,6 +269,9 @@ def check_pairs(pairs: Sequence[tuple[Path, Path]], min_size: int = 0, size_flag
                 f"or lower {size_flag} to at most {min(hi, wi)}"
             )
         for path, mode in ((inp, mi), (tgt, mt)):
+            if mode in _FLOAT_MODES:
+                read_image(path, set(_CONVERSIONS.values()))  # NaN/inf and range need the pixels
+                mode = "F"
             if mode in _CONVERSIONS and _CONVERSIONS[mode] not in kinds:
                 kinds[_CONVERSIONS[mode]] = path
     for kind, path in kinds.items():
@@ -245,19 +321,32 @@ class PairedImageDataset(Dataset):
 class EpochBatchSampler(Sampler):
     """Shuffled batches of ``(epoch, index)`` keys; the order depends on ``(seed, epoch)`` only.
 
-    :meth:`set_epoch` picks the epoch and how many of its batches to skip (resuming mid-epoch).
+    With ``world_size`` processes (DistributedDataParallel) each ``rank`` takes every
+    ``world_size``-th index of the epoch's permutation, padded by wrapping around so that every
+    rank runs the same number of equally sized batches; batch ``b`` of all ranks together is
+    batch ``b`` of a single process with ``batch_size * world_size``. :meth:`set_epoch` picks
+    the epoch and how many of its batches to skip (resuming mid-epoch).
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool = True, drop_last: bool = False):
+    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool = True, drop_last: bool = False,
+                 rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside a world of {world_size} processes")
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.shuffle, self.drop_last = shuffle, drop_last
+        self.rank, self.world_size = rank, world_size
         self.epoch, self.start_batch = 1, 0
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
 
+    def per_rank(self) -> int:
+        """Samples per process and epoch (``n`` for one process)."""
+        return -(-self.n // self.world_size)
+
     def batches_per_epoch(self) -> int:
-        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+        m = self.per_rank()
+        return m // self.batch_size if self.drop_last else -(-m // self.batch_size)
 
     def __len__(self) -> int:
         return max(self.batches_per_epoch() - self.start_batch, 0)
@@ -266,5 +355,6 @@ class EpochBatchSampler(Sampler):
         order = np.arange(self.n)
         if self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        order = np.resize(order, self.per_rank() * self.world_size)[self.rank::self.world_size]  # wrap-pad, shard
         for b in range(self.start_batch, self.batches_per_epoch()):
             yield [(self.epoch, int(i)) for i in order[b * self.batch_size:(b + 1) * self.batch_size]]

@@ -53,6 +53,7 @@ from data.pairing import (
     pair_side_by_side,
     verify,
 )
+from utils.atomic import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -347,9 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n".join(r.render(accepted) for r in reports))
     if args.report is not None:
         text = "\n".join(r.render(accepted, limit=None) for r in reports) + "\n"
-        tmp = args.report.with_name(f".{args.report.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, args.report)
+        write_text_atomic(args.report, text)
     return 1 if any(r.blocking(accepted) for r in reports) else 0
 
 

@@ -15,7 +15,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,9 @@ from typing import Any
 import cv2
 import numpy as np
 import skimage.data
+
+from data.dataset import write_png
+from utils.atomic import write_text_atomic
 
 __all__ = [
     "RainParams",
@@ -192,30 +194,14 @@ def _fit(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return img[y:y + h, x:x + w]
 
 
-def _write_png(path: Path, img: np.ndarray) -> None:
-    """Write an RGB uint8 image as PNG atomically (temporary file in the folder + os.replace)."""
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(img[..., ::-1]))  # RGB -> BGR
-    if not ok:
-        raise OSError(f"PNG encoding failed for {path}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _photo_rng(seed: int, name: str) -> np.random.Generator:
     """Per-photo generator: independent of the order photos are processed in."""
     return np.random.default_rng([seed, zlib.crc32(name.encode())])
 
 
 def _write_pair(root: Path, name: str, rainy: np.ndarray, clean: np.ndarray) -> None:
-    _write_png(root / "input" / f"{name}.png", rainy)
-    _write_png(root / "target" / f"{name}.png", clean)
+    write_png(root / "input" / f"{name}.png", rainy)
+    write_png(root / "target" / f"{name}.png", clean)
 
 
 def make_paired_dataset(root: str | os.PathLike, split: str = "test", preset: ParamsLike = "heavy",
@@ -343,9 +329,7 @@ def make_demo_dataset(root: str | os.PathLike, seed: int = 0) -> dict[str, Any]:
         files = {"train": _train_pairs(root / "train", seed), "test": list(TEST_PHOTOS)}
         make_paired_dataset(root / "test", "test", DEMO_TEST_PRESET, seed, DEMO_TEST_SIZE)
         manifest = {"format": DEMO_FORMAT, "params": params, "files": files}
-        tmp = root / f".{MANIFEST}.tmp"
-        tmp.write_text(json.dumps(manifest, indent=1))
-        os.replace(tmp, root / MANIFEST)
+        write_text_atomic(root / MANIFEST, json.dumps(manifest, indent=1))
     files = json.loads((root / MANIFEST).read_text())["files"]
     return {
         "root": root, "train": root / "train", "test": root / "test",

@@ -16,6 +16,20 @@ from .presets import PRESETS
 
 # Per-invocation flags that a resumed run does not inherit from the checkpoint.
 SESSION_KEYS = ("resume", "weights", "max_steps", "num_workers", "device", "progress")
+AUTO = "auto"  # --resume auto: the newest valid checkpoint in --model_save_dir, or a new run
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite float >= 0."""
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
+def resume_path(text: str) -> Path | str:
+    """argparse type of ``--resume``: a checkpoint path, or ``auto``."""
+    return AUTO if text == AUTO else Path(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--val_dir", type=Path, default=None,
                    help="validation folder (input/, target/); none = no validation")
     d.add_argument("--patch_size_train", type=positive_int, default=64, help="side of the random training crop")
-    d.add_argument("--batch_size", type=positive_int, default=12, help="training batch size")
+    d.add_argument("--batch_size", type=positive_int, default=12,
+                   help="training batch size per process (with torchrun the global batch is N times this)")
     d.add_argument("--num_workers", type=non_negative_int, default=4, help="data-loader worker processes")
     d.add_argument("--flips", action=argparse.BooleanOptionalAction, default=False,
                    help="random horizontal/vertical flips (not in the released recipe)")
@@ -51,6 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--ema_decay", type=float, default=0.0,
                    help="keep an exponential moving average of the weights, used for validation and "
                         "saved as the weights (e.g. 0.999); 0 = off")
+    o.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off",
+                   help="mixed precision of the forward pass: bf16 (CUDA, or CPU for checks), fp16 (CUDA, "
+                        "with gradient scaling); the loss is computed in float32")
+    o.add_argument("--grad_clip", type=non_negative_float, default=0.0,
+                   help="clip the gradients to this total L2 norm; 0 = off (released)")
+    o.add_argument("--max_nonfinite", type=positive_int, default=5,
+                   help="a NaN/inf loss skips its step with a warning; this many in a row stop the run")
+    o.add_argument("--sync_bn", action=argparse.BooleanOptionalAction, default=False,
+                   help="with torchrun: tdBN statistics over the batches of all processes")
     r = p.add_argument_group("run")
     r.add_argument("--seed", type=int, default=1234, help="seed of the weights, crops and shuffling")
     r.add_argument("--model_save_dir", type=Path, default=Path("checkpoints/run"),
@@ -62,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also keep epoch_<n>.pth every this many epochs; 0 = only last and best")
     r.add_argument("--max_steps", type=positive_int, default=None,
                    help="stop after this many optimiser steps in total (short runs; resumable)")
-    r.add_argument("--resume", type=Path, default=None,
-                   help="continue a run from its checkpoint (weights, optimiser, schedule, RNG, args)")
+    r.add_argument("--resume", type=resume_path, default=None,
+                   help="continue a run from its checkpoint (weights, optimiser, schedule, RNG, args); 'auto' = "
+                        "the newest readable checkpoint in --model_save_dir, or a new run if there is none")
     r.add_argument("--weights", type=Path, default=None,
                    help="start from these weights (fine-tuning); network read from the file")
     r.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
@@ -73,10 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def peek_resume(argv: Sequence[str] | None) -> Path | None:
-    """The ``--resume`` path, if any, before the full parse (its args become defaults)."""
+def peek_resume(argv: Sequence[str] | None) -> Path | str | None:
+    """The ``--resume`` path (or ``auto``), if any, before the full parse (its args become defaults)."""
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--resume", type=Path, default=None)
+    p.add_argument("--resume", type=resume_path, default=None)
     return p.parse_known_args(argv)[0].resume
 
 
@@ -92,11 +117,12 @@ def parse_train_args(argv: Sequence[str] | None = None, saved: dict[str, Any] | 
         known = {a.dest for a in parser._actions}
         parser.set_defaults(**{k: v for k, v in saved.items() if k in known and k not in SESSION_KEYS})
     args = parser.parse_args(argv)
-    for key in ("train_dir", "val_dir", "model_save_dir", "resume", "weights"):
+    for key in ("train_dir", "val_dir", "model_save_dir", "weights"):
         value = getattr(args, key)
         setattr(args, key, Path(value) if value is not None else None)
-    if args.resume is not None and args.weights is not None:
-        parser.error("--resume and --weights exclude each other (resume continues a run; weights start one)")
+    if args.resume not in (None, AUTO) and args.weights is not None:
+        parser.error("--resume and --weights exclude each other (resume continues a run; weights start one); "
+                     "--resume auto --weights W starts from W unless the run folder has a checkpoint")
     if args.overlap_size >= args.crop_size > 0:
         parser.error(f"--overlap_size ({args.overlap_size}) must be smaller than --crop_size ({args.crop_size})")
     return args

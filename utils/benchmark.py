@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from data.dataset import IMAGE_EXTENSIONS
+from utils.atomic import write_text_atomic
 from utils.metrics import PROTOCOLS
 
 log = logging.getLogger(__name__)
@@ -222,18 +223,6 @@ def results_markdown(rows: Sequence[Mapping[str, Any]], protocols: Sequence[str]
     return "\n".join(out) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_results_md(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]],
                      protocols: Sequence[str] = PROTOCOLS, skipped: Sequence[tuple[str, str]] = ()) -> Path:
     """Write the paper-style table atomically.
@@ -242,7 +231,7 @@ def write_results_md(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]],
     "metrics": {"psnr_<protocol>": dB, "ssim_<protocol>": value}}``, in table order. PSNR is
     shown with 2 decimals, SSIM with 4; a missing or nan value as ``n/a``.
     """
-    return _write_atomic(Path(path), results_markdown(rows, protocols, skipped))
+    return write_text_atomic(Path(path), results_markdown(rows, protocols, skipped))
 
 
 def write_results_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]],
@@ -255,7 +244,7 @@ def write_results_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]
     for r in rows:
         values = [repr(float(r["metrics"][k])) if r.get("scored", True) and k in r["metrics"] else "" for k in keys]
         writer.writerow([r["dataset"], r["weights_path"], r.get("images", "")] + values)
-    return _write_atomic(Path(path), buf.getvalue())
+    return write_text_atomic(Path(path), buf.getvalue())
 
 
 def flatten_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -325,6 +314,6 @@ def run_benchmark(data_root: str | os.PathLike, weights_dir: str | os.PathLike |
               "results_md": write_results_md(out_dir / "results.md", rows, protocols, skipped_all),
               "results_csv": write_results_csv(out_dir / "results.csv", rows, protocols)}
     result["results_json"] = out_dir / "results.json"
-    _write_atomic(result["results_json"], json.dumps(
+    write_text_atomic(result["results_json"], json.dumps(
         _finite({k: v for k, v in result.items() if k in ("rows", "skipped", "failed", "protocols")}), indent=1) + "\n")
     return result

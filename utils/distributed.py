@@ -9,12 +9,18 @@ to ``[T*B, ...]`` before normalising. ``torch.nn.SyncBatchNorm.convert_sync_batc
 would replace it with a SyncBatchNorm that does *not* flatten, which treats the batch axis as
 channels, and PyTorch's SyncBatchNorm runs on GPUs only. :class:`SyncThresholdDependentBatchNorm2d`
 keeps tdBN's flattening and state-dict keys and all-reduces the per-channel sums itself
-(differentiably), on any device and backend.
+(differentiably, in float32 also under mixed precision), on any device and backend.
+
+Agreement between processes: every decision that changes the control flow (skip a step with a
+non-finite loss, stop on a signal) is taken from all-reduced values (:func:`sync_step`,
+:func:`any_process`), so the processes never disagree and wait for each other forever.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -61,6 +67,49 @@ def barrier() -> None:
         dist.barrier()
 
 
+def _active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def sync_step(loss: torch.Tensor, stop: bool) -> tuple[float, bool]:
+    """Mean of the scalar ``loss`` over processes, and whether any process asks to stop.
+
+    One all-reduce per step; a NaN/inf loss on any process makes the mean non-finite on all.
+    """
+    if not _active():
+        return float(loss.detach()), stop
+    both = torch.stack([loss.detach().float().reshape(()), torch.tensor(float(stop), device=loss.device)])
+    dist.all_reduce(both)
+    return float(both[0]) / dist.get_world_size(), bool(both[1] > 0)
+
+
+def any_process(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """True on every process if ``flag`` is True on any of them."""
+    if not _active():
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(value)
+    return bool(value[0] > 0)
+
+
+def max_over_processes(value: int, device: torch.device | str = "cpu") -> int:
+    """The largest ``value`` over processes (e.g. the signal number that stopped any of them)."""
+    if not _active():
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t[0])
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` (any picklable value) on every process."""
+    if not _active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     """Average a tensor over processes (returns it unchanged for one process)."""
     if not (dist.is_available() and dist.is_initialized()):
@@ -68,6 +117,30 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     value = value.detach().clone()
     dist.all_reduce(value)
     return value / dist.get_world_size()
+
+
+def parameter_digest(module: nn.Module) -> str:
+    """SHA-256 of every parameter's bytes, in state-dict order (equal digests: identical weights)."""
+    h = hashlib.sha256()
+    for name, p in module.named_parameters():
+        h.update(name.encode())
+        h.update(p.detach().to("cpu", copy=True).contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def replica_digests(module: nn.Module) -> list[str]:
+    """:func:`parameter_digest` of every process, by rank (one entry for a single process).
+
+    DistributedDataParallel keeps the replicas identical by construction; this checks it, so a
+    process that drifted (a skipped all-reduce, a non-deterministic kernel, a bad GPU) is caught
+    before its weights are trusted.
+    """
+    digest = parameter_digest(module)
+    if not _active():
+        return [digest]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, digest)
+    return out
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -93,8 +166,9 @@ class SyncThresholdDependentBatchNorm2d(layer.ThresholdDependentBatchNorm2d):
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().super_forward(x)
         C = x.shape[1]
-        count = torch.full((1,), x.numel() / C, device=x.device, dtype=x.dtype)
-        local = torch.cat([x.sum(dim=(0, 2, 3)), x.square().sum(dim=(0, 2, 3)), count])
+        xf = x.float()  # statistics in float32 also under autocast: E[x^2] - E[x]^2 cancels
+        count = torch.full((1,), x.numel() / C, device=x.device, dtype=xf.dtype)
+        local = torch.cat([xf.sum(dim=(0, 2, 3)), xf.square().sum(dim=(0, 2, 3)), count])
         total = _AllReduceSum.apply(local)
         n = total[-1]
         mean = total[:C] / n
@@ -106,7 +180,14 @@ class SyncThresholdDependentBatchNorm2d(layer.ThresholdDependentBatchNorm2d):
         # written out: F.batch_norm treats given statistics as constants, but gradients must
         # flow through the global mean and variance as they do in ordinary training-mode BN
         scale = self.weight * torch.rsqrt(var + self.eps)
-        return (x - mean[None, :, None, None]) * scale[None, :, None, None] + self.bias[None, :, None, None]
+        out = (xf - mean[None, :, None, None]) * scale[None, :, None, None] + self.bias[None, :, None, None]
+        return out.to(x.dtype)
+
+
+def unsynced_batchnorms(module: nn.Module) -> list[str]:
+    """Names of the batch-norm layers in ``module`` that do not synchronise over processes."""
+    return [name for name, m in module.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and not isinstance(m, (SyncThresholdDependentBatchNorm2d, nn.SyncBatchNorm))]
 
 
 def convert_sync_tdbn(module: nn.Module) -> nn.Module:

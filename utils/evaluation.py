@@ -9,25 +9,33 @@ import csv
 import json
 import math
 import os
-from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from data.dataset import to_tensor, to_uint8
+from utils.atomic import atomic_write, write_text_atomic
 from utils.metrics import PROTOCOLS, psnr, ssim
-from utils.tiling import restore
+from utils.tiling import restore_stream
 
-__all__ = ["derain", "score", "summarise", "format_table", "write_csv", "write_json"]
+__all__ = ["derain", "derain_stream", "score", "summarise", "format_table", "write_csv", "write_json"]
 
 
 def derain(net: nn.Module, img: np.ndarray, device: torch.device | str = "cpu", crop_size: int = 80,
            overlap: int = 8, tile_batch: int = 16) -> np.ndarray:
     """Derain one RGB ``uint8`` ``HxWx3`` image; returns the same layout (clamped, rounded)."""
-    x = to_tensor(img)[None].to(device)  # [1, 3, H, W]
-    return to_uint8(restore(net, x, crop_size, overlap, tile_batch)[0])
+    return next(derain_stream(net, [img], device, crop_size, overlap, tile_batch))
+
+
+def derain_stream(net: nn.Module, images: Iterable[np.ndarray], device: torch.device | str = "cpu",
+                  crop_size: int = 80, overlap: int = 8, tile_batch: int = 16) -> Iterator[np.ndarray]:
+    """:func:`derain` over a stream of images, in order; tiles of consecutive images share
+    network calls (:func:`utils.tiling.restore_stream`)."""
+    tensors = (to_tensor(img)[None].to(device) for img in images)  # [1, 3, H, W] each
+    for out in restore_stream(net, tensors, crop_size, overlap, tile_batch):
+        yield to_uint8(out[0])
 
 
 def score(pred: np.ndarray, target: np.ndarray, protocols: Sequence[str] = PROTOCOLS) -> dict[str, float]:
@@ -64,9 +72,7 @@ def format_table(summaries: Mapping[str, Mapping[str, Mapping[str, float]]], num
 
 def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> None:
     """Per-image rows (a ``name`` column, then the metric columns) as CSV."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as fh:
+    with atomic_write(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["name"])
         writer.writeheader()
         for row in rows:
@@ -84,5 +90,4 @@ def write_json(path: str | os.PathLike, obj: Mapping[str, Any]) -> None:
             return [clean(v) for v in value]
         return value
 
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(clean(obj), indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(path, json.dumps(clean(obj), indent=2) + "\n")

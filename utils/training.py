@@ -1,24 +1,43 @@
-"""Training helpers: seeding, the released learning-rate schedule, RNG state, EMA, firing rates."""
+"""Training helpers: seeding, the released learning-rate schedule, RNG state, EMA, firing rates,
+mixed precision, the optimiser step with clipping, the non-finite loss guard, and finding the
+checkpoint to resume from."""
 from __future__ import annotations
 
 import copy
+import csv
+import logging
 import math
 import os
 import random
-from contextlib import contextmanager
-from typing import Any, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ContextManager, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 from spikingjelly.activation_based import neuron
 
-from utils.checkpoint import atomic_save, read_checkpoint
+from utils.atomic import atomic_write
+from utils.checkpoint import CheckpointError, atomic_save, read_checkpoint
 
 __all__ = [
     "seed_everything", "lr_at_epoch", "build_scheduler", "get_rng_state", "set_rng_state",
-    "ModelEMA", "firing_rate", "export_weights", "pick_device",
+    "ModelEMA", "firing_rate", "export_weights", "pick_device", "RunError", "NonFiniteLossError",
+    "Amp", "setup_amp", "optimizer_step", "NonFiniteGuard", "check_finite_weights",
+    "find_resume_checkpoint", "remove_stale_temp_files", "open_step_log",
 ]
+
+log = logging.getLogger(__name__)
+
+
+class RunError(RuntimeError):
+    """The run cannot start or go on; the message says why and what to do."""
+
+
+class NonFiniteLossError(RunError):
+    """The loss was NaN/inf for ``--max_nonfinite`` steps in a row."""
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -139,3 +158,165 @@ def export_weights(src: str | os.PathLike, dst: str | os.PathLike, **meta: Any) 
     keep = {k: ckpt[k] for k in ("format", "arch", "config", "state_dict", "epoch", "global_step", "best")
             if k in ckpt}
     atomic_save({**keep, **meta}, dst)
+
+
+# ----------------------------------------------------------------------------- mixed precision
+@dataclass
+class Amp:
+    """Mixed precision: ``autocast()`` for the forward pass, ``scaler`` (float16 only)."""
+
+    device_type: str
+    dtype: torch.dtype | None = None
+    scaler: torch.amp.GradScaler | None = None
+
+    def autocast(self) -> ContextManager:
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+
+def setup_amp(mode: str, device: torch.device) -> Amp:
+    """``--amp off|bf16|fp16`` on ``device``; :class:`RunError` where it cannot run.
+
+    bfloat16 runs on CUDA (Ampere and newer) and on CPU (slowly: for checks, not for speed);
+    float16 needs CUDA and gets a gradient scaler.
+    """
+    if mode == "off":
+        return Amp(device.type)
+    if mode == "fp16":
+        if device.type != "cuda":
+            raise RunError(f"--amp fp16 needs a CUDA device, the run is on {device}: "
+                           "use --amp bf16 or --amp off")
+        return Amp(device.type, torch.float16, torch.amp.GradScaler("cuda"))
+    if mode == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise RunError("--amp bf16: this GPU has no bfloat16 support; use --amp fp16 or --amp off")
+        return Amp(device.type, torch.bfloat16)
+    raise RunError(f"unknown --amp {mode!r}; choose off, bf16 or fp16")
+
+
+def optimizer_step(loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer,
+                   scaler: torch.amp.GradScaler | None = None, grad_clip: float = 0.0) -> float | None:
+    """Backward pass and one optimiser step; gradients clipped to total norm ``grad_clip``
+    (0 = no clipping, the released recipe). Returns the norm before clipping, or None."""
+    optimizer.zero_grad(set_to_none=True)
+    norm = None
+    if scaler is None:
+        loss.backward()
+        if grad_clip > 0:
+            norm = float(nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
+        optimizer.step()
+        return norm
+    scaler.scale(loss).backward()
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        norm = float(nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
+    scaler.step(optimizer)  # skipped by the scaler when the float16 gradients overflowed
+    scaler.update()
+    return norm
+
+
+class NonFiniteGuard:
+    """Skip steps whose loss is NaN/inf; stop after ``limit`` of them in a row."""
+
+    def __init__(self, limit: int):
+        self.limit, self.in_row = limit, 0
+
+    def check(self, value: float, step: int, names: Sequence[str] = ()) -> bool:
+        """True if ``value`` is finite (take the step); False to skip it, with a warning.
+
+        Raises :class:`NonFiniteLossError` at the ``limit``-th non-finite loss in a row.
+        """
+        if math.isfinite(value):
+            self.in_row = 0
+            return True
+        self.in_row += 1
+        batch = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        if self.in_row >= self.limit:
+            raise NonFiniteLossError(
+                f"the loss was {value} for {self.in_row} steps in a row (steps {step - self.in_row + 1} to {step}; "
+                f"last batch: {batch}); training stopped without saving, so the checkpoints in --model_save_dir "
+                "are from before. Try a lower --lr, --grad_clip 1.0, or --amp off, and check those images; "
+                "--max_nonfinite sets how many such steps in a row are tolerated"
+            )
+        log.warning("step %d: the loss is %s (batch: %s): optimiser step skipped (%d in a row; the run stops at %d)",
+                    step, value, batch, self.in_row, self.limit)
+        return False
+
+
+def check_finite_weights(model: nn.Module, step: int) -> None:
+    """:class:`RunError` naming the first parameter or buffer that holds NaN/inf (never saved)."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise RunError(f"at step {step} the weights hold NaN/inf (first: {name}); nothing was saved, the "
+                           "checkpoints in --model_save_dir are from before. Resume from them with a lower --lr "
+                           "or --grad_clip 1.0")
+
+
+# ----------------------------------------------------------------------------- resuming
+def find_resume_checkpoint(folder: str | os.PathLike) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint that ``--resume auto`` continues from, read, or None for a new run.
+
+    ``last.pth`` is written at every save (``best.pth`` and ``epoch_<n>.pth`` are copies of
+    the same moment), so it is the newest state; if it is missing, unreadable or holds no
+    training state, the other ``*.pth`` files are tried, newest first, each skip logged.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    others = sorted((p for p in folder.glob("*.pth") if p.name != "last.pth"), key=lambda p: p.stat().st_mtime,
+                    reverse=True)
+    for path in [folder / "last.pth", *others]:
+        if not path.is_file():
+            continue
+        try:
+            ckpt = read_checkpoint(path)
+        except CheckpointError as exc:
+            log.warning("--resume auto: skipping %s: %s", path, exc)
+            continue
+        if "optimizer" not in ckpt or "rng" not in ckpt:
+            log.warning("--resume auto: skipping %s: it holds weights but no training state", path)
+            continue
+        return path, ckpt
+    return None
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of checkpoint saves cut short by a crash (``.<name>.pth.*.tmp``)."""
+    stale = sorted(Path(folder).glob(".*.pth.*.tmp"))
+    for path in stale:
+        log.warning("removing %s, left by a save that was cut short (the checkpoint itself is intact)", path)
+        path.unlink(missing_ok=True)
+    return stale
+
+
+class _NoLog:
+    def writerow(self, row: Sequence[Any]) -> None:
+        return None
+
+
+@contextmanager
+def open_step_log(path: str | os.PathLike, start_step: int, enabled: bool = True) -> Iterator[Any]:
+    """A ``csv.writer`` appending to ``train_steps.csv`` (a no-op writer where not ``enabled``).
+
+    Rows after ``start_step`` (steps logged after the checkpoint being resumed, by a run that
+    then crashed, or by an older run in the same folder) are dropped first, so the file always
+    lists each step once.
+    """
+    if not enabled:
+        yield _NoLog()
+        return
+    path = Path(path)
+    if path.is_file():
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+        keep = [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= start_step]
+        if len(keep) != len(rows) - 1:
+            log.info("%s: dropping %d rows logged after step %d", path, len(rows) - 1 - len(keep), start_step)
+            with atomic_write(path, "w", newline="", encoding="utf-8") as fh:
+                csv.writer(fh).writerows(rows[:1] + keep)
+    with open(path, "a", newline="", encoding="utf-8", buffering=1) as fh:
+        writer = csv.writer(fh)
+        if fh.tell() == 0:
+            writer.writerow(["step", "epoch", "loss", "lr"])
+        yield writer
