@@ -8,6 +8,7 @@ shared machine hits both; the median is reported, with every sample kept in the 
 from __future__ import annotations
 
 import ctypes
+import importlib.metadata
 import os
 import statistics
 import time
@@ -175,11 +176,9 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "device": str(device),
     }
     try:
-        import spikingjelly
-
-        info["spikingjelly"] = getattr(spikingjelly, "__version__", "?")
-    except ImportError:
-        pass
+        info["spikingjelly"] = importlib.metadata.version("spikingjelly")
+    except importlib.metadata.PackageNotFoundError:
+        info["spikingjelly"] = None
     try:
         with open("/proc/cpuinfo") as f:
             names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]

@@ -12,7 +12,8 @@ Two implementations compute the same thing (:func:`set_neuron_impl`):
 - ``reference``: the plain code in this file (and spikingjelly's LIF), pinned by the golden
   vectors;
 - ``fast`` (default): the kernels of :mod:`models.fast` - identical spikes and outputs,
-  gradients equal to float rounding, less memory, compiled where ``torch.compile`` works.
+  gradients equal to float rounding, less memory; small C kernels built on first use
+  (in-place PyTorch loops where no C compiler works, and on CUDA).
 The switch is global and changes no module or state-dict key, so it can be flipped at any
 time, also on a built or loaded network.
 """

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 
-import test as test_script
+from cli_helpers import load_script
 from data import prepare
 from models import build_model
 from utils.checkpoint import atomic_save, make_checkpoint
+
+test_script = load_script("test")
 
 
 @pytest.fixture

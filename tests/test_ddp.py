@@ -13,13 +13,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from cli_helpers import TINY_NET_FLAGS
 from models import build_model
 from utils.checkpoint import load_model
 from utils.distributed import parameter_digest, replica_digests
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_FLAGS = ["--arch", "vlifnet", "--dim", "16", "--en_num_blocks", "1", "1", "2", "2",
-              "--de_num_blocks", "1", "1", "1", "1"]
 
 
 def free_port() -> int:
@@ -34,7 +33,7 @@ def test_torchrun_two_processes_keep_identical_weights_and_learn(tmp_path, pipel
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), "train.py", "--train_dir", str(data), "--model_save_dir", str(run),
-           *TINY_FLAGS, "--batch_size", "2", "--patch_size_train", "16", "--num_epochs", "6", "--warmup_epochs", "0",
+           *TINY_NET_FLAGS, "--batch_size", "2", "--patch_size_train", "16", "--num_epochs", "6", "--warmup_epochs", "0",
            "--lr", "5e-3", "--loss", "l1", "--sync_bn", "--num_workers", "0", "--no-progress", "--no-tensorboard",
            "--device", "cpu"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

@@ -4,33 +4,21 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import sys
 from pathlib import Path
 
-import importlib.util
 
 import pytest
 import torch
 
+from cli_helpers import TINY_NET_FLAGS, load_script
 from data.dataset import read_image
 from options.test_options import DEMO_WEIGHTS
 from utils.checkpoint import load_model
 from utils.training import lr_at_epoch
 
 
-
-def _script(name: str):
-    """Import train.py / test.py by path (``import test`` could find the standard library's package)."""
-    spec = importlib.util.spec_from_file_location(f"{name}_cli", Path(__file__).resolve().parents[1] / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-train_cli, test_cli = _script("train"), _script("test")
-NET_FLAGS = ["--arch", "vlifnet", "--dim", "16", "--en_num_blocks", "1", "1", "2", "2",
-             "--de_num_blocks", "1", "1", "1", "1"]
+train_cli, test_cli = load_script("train"), load_script("test")
+NET_FLAGS = TINY_NET_FLAGS
 RUN_FLAGS = ["--patch_size_train", "16", "--batch_size", "2", "--num_workers", "0", "--no-progress", "--seed", "7"]
 TINY_FLAGS = NET_FLAGS + RUN_FLAGS
 

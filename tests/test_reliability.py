@@ -5,7 +5,6 @@ Every row of the table in docs/reliability.md points at a test here (or in test_
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import logging
 import os
@@ -22,6 +21,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from cli_helpers import TINY_NET_FLAGS, load_script
 from data.dataset import DataError, EpochBatchSampler, PairedImageDataset, check_images, check_output_dir, read_image
 from models import build_model
 from utils.checkpoint import atomic_save, make_checkpoint, read_checkpoint
@@ -32,18 +32,8 @@ from utils.training import (NonFiniteGuard, NonFiniteLossError, RunError, check_
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _script(name: str):
-    """Import train.py / test.py by path (``import test`` could find the standard library's package)."""
-    spec = importlib.util.spec_from_file_location(f"{name}_script_rel", ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-train_cli, test_cli = _script("train"), _script("test")
-NET_FLAGS = ["--arch", "vlifnet", "--dim", "16", "--en_num_blocks", "1", "1", "2", "2",
-             "--de_num_blocks", "1", "1", "1", "1"]
+train_cli, test_cli = load_script("train"), load_script("test")
+NET_FLAGS = TINY_NET_FLAGS
 RUN_FLAGS = ["--patch_size_train", "16", "--num_workers", "0", "--no-progress", "--no-tensorboard", "--seed", "3",
              "--warmup_epochs", "0", "--lr", "5e-3", "--loss", "l1"]
 
