@@ -52,7 +52,7 @@ def add_inference_args(parser: argparse.ArgumentParser) -> None:
                    help="tile side of the released tiled inference; 0 = whole image at once")
     g.add_argument("--overlap_size", type=non_negative_int, default=8, help="overlap between tiles in pixels")
     g.add_argument("--tile_batch", type=non_negative_int, default=0,
-                   help="tiles per network call; 0 = as many as fit in half the free memory (at most 16 on CPU)")
+                   help="tiles per network call; 0 = half the free memory on a GPU, one per 4 threads on a CPU")
     g.add_argument("--device", default="auto", help="'auto' (CUDA if present, else CPU), 'cpu', 'cuda:0', ...")
     g.add_argument("--neuron_impl", choices=NEURON_IMPLS, default="fast",
                    help="spiking-neuron kernels: 'fast' (default; identical spikes and outputs) or 'reference' "

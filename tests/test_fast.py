@@ -244,13 +244,25 @@ def test_batched_folded_tiles_equal_one_at_a_time():
 def test_auto_tile_batch(monkeypatch):
     import utils.fuse as fuse
 
-    net = build_model("vlifnet")
+    cpu_tile_limit = fuse.cpu_tile_limit
+    net = build_model("vlifnet")  # about 1 GB per 80x80 tile by the estimate
     monkeypatch.setattr(fuse, "_available_cpu_bytes", lambda: 64 * 2**30)
-    assert auto_tile_batch(net, 80) == 16
+    monkeypatch.setattr(fuse, "cpu_tile_limit", lambda: 64)
+    assert auto_tile_batch(net, 80) == 32 * 2**30 // fuse.tile_bytes(net, 80) == 34  # half the memory
+    assert auto_tile_batch(net, 80, limit=8) == 8
+    monkeypatch.setattr(fuse, "cpu_tile_limit", lambda: 3)
+    assert auto_tile_batch(net, 80) == 3  # cache-sized on a CPU
     monkeypatch.setattr(fuse, "_available_cpu_bytes", lambda: 2**20)
     assert auto_tile_batch(net, 80) == 1
     monkeypatch.setattr(fuse, "_available_cpu_bytes", lambda: None)
-    assert 1 <= auto_tile_batch(net, 80) <= 16
+    assert auto_tile_batch(net, 80) == 3
+    threads = torch.get_num_threads()
+    try:
+        for n, expected in ((1, 1), (2, 1), (8, 2), (16, 4)):
+            torch.set_num_threads(n)
+            assert cpu_tile_limit() == expected
+    finally:
+        torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------ benchmark harness
