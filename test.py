@@ -74,19 +74,12 @@ def run(args: argparse.Namespace, items: list[tuple[Path, Path | None]], net: nn
     Images are read as the network needs them: tiles of consecutive images share network calls.
     """
     rows, input_rows = [], []
-    images = [None] * len(items)  # each input, kept from reading until it is scored
-
-    def read(i: int):
-        images[i] = read_image(items[i][0])
-        return images[i]
-
-    inputs = (read(i) for i in range(len(items)))
-    outputs = inputs if net is None else derain_stream(net, inputs, device, args.crop_size, args.overlap_size,
-                                                       args.tile_batch)
-    bar = tqdm(zip(items, outputs), total=len(items), desc="derain" if net is not None else "score",
+    inputs = (read_image(path) for path, _ in items)
+    pairs = ((img, img) for img in inputs) if net is None else derain_stream(
+        net, inputs, device, args.crop_size, args.overlap_size, args.tile_batch)
+    bar = tqdm(zip(items, pairs), total=len(items), desc="derain" if net is not None else "score",
                dynamic_ncols=True)
-    for i, ((path, target_path), out) in enumerate(bar):
-        img, images[i] = images[i], None
+    for (path, target_path), (img, out) in bar:
         if net is not None:
             write_png(args.save_path / f"{path.stem}.png", out)
         if target_path is None:

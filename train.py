@@ -43,12 +43,12 @@ from utils.evaluation import score, summarise
 from utils.fuse import resolve_tile_batch
 from utils.logger import make_writer, setup_logging
 from utils.losses import build_loss
-from utils.signals import GracefulStop, ignore_stop_signals
+from utils.signals import GracefulStop, ignore_stop_signals, signal_exit_code
 from utils.tiling import restore
 from utils.training import (ModelEMA, NonFiniteGuard, NonFiniteLossError, RunError, build_scheduler,
-                            check_finite_weights, find_resume_checkpoint, firing_rate, get_rng_state, open_step_log,
-                            optimizer_step, pick_device, remove_stale_temp_files, seed_everything, set_rng_state,
-                            setup_amp)
+                            check_finite_weights, find_resume_checkpoint, firing_rate, get_rng_state,
+                            has_training_state, open_step_log, optimizer_step, pick_device, remove_stale_temp_files,
+                            seed_everything, set_rng_state, setup_amp)
 
 EXIT_BAD_INPUT, EXIT_NONFINITE = 2, 3
 
@@ -316,7 +316,7 @@ def run_epochs(state: TrainState, parts: dict[str, Any], args: argparse.Namespac
             log.warning("stopped by signal %d at step %d (epoch %d, %d of %d batches done); %s saved: continue "
                         "with --resume auto", signum, state.global_step, state.epoch, state.batch_in_epoch,
                         parts["sampler"].batches_per_epoch(), last)
-            return 128 + signum
+            return signal_exit_code(signum)
         if reason == "max_steps":
             log.info("stopped at --max_steps %d; continue with --resume %s", args.max_steps, last)
             return 0
@@ -327,7 +327,7 @@ def run_epochs(state: TrainState, parts: dict[str, Any], args: argparse.Namespac
 def read_training_checkpoint(path: Path) -> dict:
     """A checkpoint written by this script (weights and training state); :class:`CheckpointError` otherwise."""
     ckpt = read_checkpoint(path)
-    if "optimizer" not in ckpt:
+    if not has_training_state(ckpt):
         raise CheckpointError(f"{path} holds weights but no training state; use --weights to fine-tune from it")
     return ckpt
 

@@ -81,7 +81,7 @@ def _build() -> ctypes.CDLL:
     if shutil.which(cc) is None:
         raise FileNotFoundError(f"no C compiler {cc!r}")
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    sources = b"".join((_SRC / name).read_bytes() for name, _ in (_EXACT, _GRAD))
+    sources = b"".join(p.read_bytes() for p in sorted(_SRC.glob("*.[ch]")))  # headers too
     errors = []
     for arch in (["-march=native"], []):
         key = hashlib.sha256(

@@ -9,6 +9,7 @@ import csv
 import json
 import math
 import os
+from collections import deque
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -26,16 +27,24 @@ __all__ = ["derain", "derain_stream", "score", "summarise", "format_table", "wri
 def derain(net: nn.Module, img: np.ndarray, device: torch.device | str = "cpu", crop_size: int = 80,
            overlap: int = 8, tile_batch: int = 16) -> np.ndarray:
     """Derain one RGB ``uint8`` ``HxWx3`` image; returns the same layout (clamped, rounded)."""
-    return next(derain_stream(net, [img], device, crop_size, overlap, tile_batch))
+    return next(derain_stream(net, [img], device, crop_size, overlap, tile_batch))[1]
 
 
 def derain_stream(net: nn.Module, images: Iterable[np.ndarray], device: torch.device | str = "cpu",
-                  crop_size: int = 80, overlap: int = 8, tile_batch: int = 16) -> Iterator[np.ndarray]:
-    """:func:`derain` over a stream of images, in order; tiles of consecutive images share
-    network calls (:func:`utils.tiling.restore_stream`)."""
-    tensors = (to_tensor(img)[None].to(device) for img in images)  # [1, 3, H, W] each
-    for out in restore_stream(net, tensors, crop_size, overlap, tile_batch):
-        yield to_uint8(out[0])
+                  crop_size: int = 80, overlap: int = 8,
+                  tile_batch: int = 16) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(input, derained)`` for each of a stream of images, in order; tiles of consecutive
+    images share network calls (:func:`utils.tiling.restore_stream`), so a few inputs are read
+    ahead of the one yielded."""
+    waiting: deque[np.ndarray] = deque()  # read, not yet yielded
+
+    def tensors() -> Iterator[torch.Tensor]:
+        for img in images:
+            waiting.append(img)
+            yield to_tensor(img)[None].to(device)  # [1, 3, H, W]
+
+    for out in restore_stream(net, tensors(), crop_size, overlap, tile_batch):
+        yield waiting.popleft(), to_uint8(out[0])
 
 
 def score(pred: np.ndarray, target: np.ndarray, protocols: Sequence[str] = PROTOCOLS) -> dict[str, float]:

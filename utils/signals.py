@@ -15,11 +15,16 @@ import threading
 from types import FrameType
 from typing import Any
 
-__all__ = ["GracefulStop", "ignore_stop_signals", "STOP_SIGNALS"]
+__all__ = ["GracefulStop", "ignore_stop_signals", "signal_exit_code", "STOP_SIGNALS"]
 
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def signal_exit_code(signum: int) -> int:
+    """The shell's exit status of a process ended by signal ``signum``: ``128 + signum``."""
+    return 128 + signum
 
 
 class GracefulStop:
@@ -45,7 +50,7 @@ class GracefulStop:
     @property
     def exit_code(self) -> int:
         """``128 + signum`` once a signal arrived, else 0."""
-        return 128 + self.signum if self.signum else 0
+        return signal_exit_code(self.signum) if self.signum else 0
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         if self.signum:

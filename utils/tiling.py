@@ -76,16 +76,19 @@ def tiled_forward_stream(
     if crop_size <= 0 or not 0 <= overlap < crop_size:
         raise ValueError(f"need crop_size > 0 and 0 <= overlap < crop_size, got {crop_size}, {overlap}")
     pending: list[tuple[_Job, int]] = []  # tiles waiting for a network call, all of one shape
+    pending_batch = 0  # network inputs those tiles make (a tile of a B-image batch counts B)
     jobs: list[_Job] = []  # images not yet yielded, in input order
 
     def flush() -> None:
+        nonlocal pending_batch
         if not pending:
             return
-        tiles = torch.cat([job.tile(k) for job, k in pending])  # [sum of B, 3, th, tw]
+        tiles = torch.cat([job.tile(k) for job, k in pending])  # [pending_batch, 3, th, tw]
         preds = net(tiles).split([job.img.shape[0] for job, _ in pending])
         for (job, k), pred in zip(pending, preds):
             job.add(k, pred)
         pending.clear()
+        pending_batch = 0
 
     def shape(job: _Job) -> tuple:
         return job.th, job.tw, job.img.shape[1:2], job.img.dtype, job.img.device
@@ -97,7 +100,8 @@ def tiled_forward_stream(
             flush()
         for k in range(len(job.boxes)):
             pending.append((job, k))
-            if sum(j.img.shape[0] for j, _ in pending) >= tile_batch:
+            pending_batch += img.shape[0]
+            if pending_batch >= tile_batch:
                 flush()
         while jobs and jobs[0].left == 0:
             yield jobs.pop(0).result()

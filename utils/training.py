@@ -26,7 +26,7 @@ __all__ = [
     "seed_everything", "lr_at_epoch", "build_scheduler", "get_rng_state", "set_rng_state",
     "ModelEMA", "firing_rate", "export_weights", "pick_device", "RunError", "NonFiniteLossError",
     "Amp", "setup_amp", "optimizer_step", "NonFiniteGuard", "check_finite_weights",
-    "find_resume_checkpoint", "remove_stale_temp_files", "open_step_log",
+    "has_training_state", "find_resume_checkpoint", "remove_stale_temp_files", "open_step_log",
 ]
 
 log = logging.getLogger(__name__)
@@ -254,6 +254,11 @@ def check_finite_weights(model: nn.Module, step: int) -> None:
 
 
 # ----------------------------------------------------------------------------- resuming
+def has_training_state(ckpt: dict[str, Any]) -> bool:
+    """Whether a checkpoint can be resumed (written by train.py), not just loaded as weights."""
+    return "optimizer" in ckpt and "rng" in ckpt
+
+
 def find_resume_checkpoint(folder: str | os.PathLike) -> tuple[Path, dict[str, Any]] | None:
     """The checkpoint that ``--resume auto`` continues from, read, or None for a new run.
 
@@ -274,7 +279,7 @@ def find_resume_checkpoint(folder: str | os.PathLike) -> tuple[Path, dict[str, A
         except CheckpointError as exc:
             log.warning("--resume auto: skipping %s: %s", path, exc)
             continue
-        if "optimizer" not in ckpt or "rng" not in ckpt:
+        if not has_training_state(ckpt):
             log.warning("--resume auto: skipping %s: it holds weights but no training state", path)
             continue
         return path, ckpt

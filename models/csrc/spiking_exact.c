@@ -9,6 +9,8 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "bilinear.h"
+
 #define BLOCK 64
 
 /* NI-LIF forward: s_t = round(clamp(m_t, 0, 4)) / 4, m_t = (m_{t-1} - s_{t-1}) * 0.25 + x_t.
@@ -155,18 +157,6 @@ void vlif_backward(const float *gs, const uint8_t *mask, float *gx, int64_t T, i
     }
 }
 
-/* PyTorch's source index for bilinear resizing, align_corners=False (area_pixel_compute_*). */
-static inline void bilinear_index(int64_t dst, int64_t in_size, float scale, int64_t *i0, int64_t *i1, float *l0,
-                                  float *l1)
-{
-    float src = scale * ((float)dst + 0.5f) - 0.5f;
-    if (src < 0.0f)
-        src = 0.0f;
-    *i0 = (int64_t)src;
-    *i1 = *i0 + (*i0 < in_size - 1 ? 1 : 0);
-    *l1 = src - (float)*i0;
-    *l0 = 1.0f - *l1;
-}
 
 /* Bilinear x2 resize (align_corners=False) of planes [lo, hi) of in [P, h, w] -> out [P, 2h, 2w].
  * Evaluated rows first; for VLIF's spikes (multiples of 1/4 in [0, 1]) every product and sum

@@ -8,6 +8,8 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "bilinear.h"
+
 #define BLOCK 64
 
 void lif_backward(const float *gs, const float *h, float *gx, int64_t L, int64_t N, int64_t lo, int64_t hi,
@@ -36,17 +38,6 @@ void lif_backward(const float *gs, const float *h, float *gx, int64_t L, int64_t
     }
 }
 
-static inline void bilinear_index(int64_t dst, int64_t in_size, float scale, int64_t *i0, int64_t *i1, float *l0,
-                                  float *l1)
-{
-    float src = scale * ((float)dst + 0.5f) - 0.5f;
-    if (src < 0.0f)
-        src = 0.0f;
-    *i0 = (int64_t)src;
-    *i1 = *i0 + (*i0 < in_size - 1 ? 1 : 0);
-    *l1 = src - (float)*i0;
-    *l0 = 1.0f - *l1;
-}
 
 /* Adjoint of upsample2x_bilinear: gin [P, h, w] from gout [P, 2h, 2w], planes [lo, hi). */
 void upsample2x_bilinear_backward(const float *gout, float *gin, int64_t h, int64_t w, int64_t lo, int64_t hi)
