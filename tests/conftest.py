@@ -17,17 +17,6 @@ def _seed():
     torch.manual_seed(0)
 
 
-@pytest.fixture
-def single_thread():
-    """Single-threaded reductions, as the golden files were computed. The refinement model's
-    train-mode output is fragile: the reduction order of 2+ threads moves a membrane across a
-    threshold and flips a spike (measured: 510 of 7680 outputs differ by up to 1.9e-4)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _pipeline_write_pairs(root, names=("a", "b", "c"), size=(32, 48), seed=0):
     """Write ``root/input/<name>.png`` (rainy) and ``root/target/<name>.png`` (clean), RGB uint8
     of ``size`` = (H, W): smooth gradients plus bright vertical streaks in the input."""

@@ -17,9 +17,11 @@ from models.neurons import (
 from utils.fuse import auto_tile_batch, find_conv_bn_pairs, fold_batchnorm, prepare_for_inference
 from utils.tiling import tiled_forward
 
-GOLDEN = Path(__file__).parent / "data" / "golden"
+pytestmark = pytest.mark.exactness
+
+GOLDEN64 = Path(__file__).parent / "data" / "golden64"
+GOLDEN_FILES = ["vlifnet_small_f64.pt", "vlifnet_small_refine_f64.pt", "esdnet_small_f64.pt"]
 BACKENDS = ["torch"] + (["native"] if _native.load() is not None else [])
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 @pytest.fixture(params=BACKENDS)
@@ -169,15 +171,16 @@ def test_network_fast_equals_reference(backend, tiny_config, name):
         assert _rel(fst[3][key], ref[3][key]) <= 1e-3, key
 
 
-@pytest.mark.parametrize("file", ["vlifnet_small.pt", "vlifnet_small_refine.pt", "esdnet_small.pt"])
-@pytest.mark.parametrize("impl", NEURON_IMPLS)
-def test_golden_eval_both_paths(impl, file):
-    ref = torch.load(GOLDEN / file, weights_only=True)
-    net = build_model("esdnet" if file.startswith("esdnet") else "vlifnet", **ref["config"])
-    net.load_state_dict(ref["state_dict"], strict=True)
-    with neuron_impl(impl), torch.no_grad():
-        out = net.eval()(ref["input"])
-    assert (out - ref["output_eval"]).abs().max().item() < 1e-5
+@pytest.mark.parametrize("file", GOLDEN_FILES)
+def test_golden_cases_fast_equals_reference_float32(file):
+    """Float32 on the golden weights and inputs: the two paths give the same bits on this
+    machine (the float64 golden tests pin both against the released code on any machine)."""
+    net, ref = _golden_net(file)
+    outs = {}
+    for impl in NEURON_IMPLS:
+        with neuron_impl(impl), torch.no_grad():
+            outs[impl] = net(ref["input"])
+    assert torch.equal(outs["fast"], outs["reference"])
 
 
 def test_selection_api_and_keys(tiny_config):
@@ -204,16 +207,19 @@ def test_native_build_failure_falls_back(monkeypatch):
 
 
 # ------------------------------------------------------------------ inference
-def _golden_net(file: str = "vlifnet_small.pt"):
-    ref = torch.load(GOLDEN / file, weights_only=True)
+def _golden_net(file: str = "vlifnet_small_f64.pt"):
+    ref = torch.load(GOLDEN64 / file, weights_only=True)
     net = build_model("esdnet" if file.startswith("esdnet") else "vlifnet", **ref["config"])
     net.load_state_dict(ref["state_dict"], strict=True)
     return net.eval(), ref
 
 
-@pytest.mark.parametrize("file", ["vlifnet_small.pt", "vlifnet_small_refine.pt", "esdnet_small.pt"])
+@pytest.mark.parametrize("file", GOLDEN_FILES)
 def test_fold_batchnorm(file):
+    """Folding changes the rounding (``sum(W a x)`` for ``a sum(W x)``); in float32 that can
+    flip a spike on some CPU, so the comparison runs in float64, where it cannot."""
     net, ref = _golden_net(file)
+    net.double()
     state = {k: v.clone() for k, v in net.state_dict().items()}
     n_bn = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
     assert len(find_conv_bn_pairs(net)) == n_bn  # every tdBN of these networks follows a conv
@@ -221,8 +227,9 @@ def test_fold_batchnorm(file):
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in folded.modules())
     assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())  # original untouched
     with torch.no_grad():
-        a, b = net(ref["input"]), folded(ref["input"])
-    assert (a - b).abs().max().item() < 1e-5
+        a, b = net(ref["input"].double()), folded(ref["input"].double())
+    assert (a - ref["output_eval"]).abs().max().item() < 1e-9
+    assert (a - b).abs().max().item() < 1e-9
 
 
 def test_fold_inplace_and_prepare():
@@ -233,12 +240,16 @@ def test_fold_inplace_and_prepare():
 
 
 def test_batched_folded_tiles_equal_one_at_a_time():
+    """Folded, batched tiles against the reference path one tile at a time: different
+    rounding, so float64 (see test_fold_batchnorm)."""
     net, _ = _golden_net()
-    img = torch.rand(1, 3, 70, 93)
+    net.double()
+    img = torch.rand(1, 3, 70, 93, dtype=torch.float64)
     with neuron_impl("reference"):
         one = tiled_forward(net, img, crop_size=32, overlap=8, tile_batch=1)
     batched = tiled_forward(prepare_for_inference(net), img, crop_size=32, overlap=8, tile_batch=16)
-    assert (batched - one).abs().max().item() < 1e-5
+    assert batched.dtype == torch.float64
+    assert (batched - one).abs().max().item() < 1e-9
 
 
 def test_auto_tile_batch(monkeypatch):
@@ -279,32 +290,3 @@ def test_benchmark_harness_records(tmp_path, monkeypatch):
     assert {"name", "reference_ms", "fast_ms", "speedup", "max_abs_diff"} <= record.keys()
     assert record["name"] == "toy" and record["max_abs_diff"] == 0.0 and len(record["fast_samples_ms"]) == 3
     assert payload["meta"]["threads"] >= 1
-
-
-# ------------------------------------------------------------------ CUDA
-@CUDA
-def test_cuda_neurons_identical():
-    x = _nilif_input().cuda()
-    grad = torch.randn_like(x)
-    y_ref, g_ref = _fwd_bwd(ni_lif_reference, x, grad)
-    y_fast, g_fast = _fwd_bwd(fast.ni_lif, x, grad)
-    assert torch.equal(y_fast, y_ref) and _rel(g_fast, g_ref) <= 1e-5
-    xl = (torch.randn(4, 2, 3, 9, 13) * 0.3).cuda()
-    gl = torch.randn_like(xl)
-    ref_node, fast_node = lif().cuda(), lif().cuda()
-    with neuron_impl("reference"):
-        a = _fwd_bwd(ref_node, xl, gl)
-    with neuron_impl("fast"):
-        b = _fwd_bwd(fast_node, xl, gl)
-    assert torch.equal(a[0], b[0]) and _rel(b[1], a[1]) <= 1e-5
-
-
-@CUDA
-def test_cuda_network_identical(tiny_config):
-    net = build_model("vlifnet", **tiny_config).cuda().eval()
-    x = torch.rand(2, 3, 32, 48, device="cuda")
-    with torch.no_grad():
-        with neuron_impl("reference"):
-            a = net(x)
-        b = net(x)
-    assert torch.equal(a, b)
