@@ -20,7 +20,7 @@ from typing import Sequence
 
 import torch
 
-from models import _native
+from models.kernels import native
 
 from .cases import all_cases
 from .measure import Record, machine_info, measure_pair
@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("--device cuda given but CUDA is not available")
         return 2
     meta = machine_info(device)
-    meta["kernels"] = "native" if device.type == "cpu" and _native.load() is not None else "torch"
+    meta["kernels"] = "native" if device.type == "cpu" and native.load() is not None else "torch"
     meta["quick"] = args.quick
     log.info("machine: %s", json.dumps(meta))
     records: list[Record] = []

@@ -11,7 +11,7 @@ no state between calls; the LIF state is cleared by the network at every forward
 Two implementations compute the same thing (:func:`set_neuron_impl`):
 - ``reference``: the plain code in this file (and spikingjelly's LIF), pinned by the golden
   vectors;
-- ``fast`` (default): the kernels of :mod:`models.fast` - identical spikes and outputs,
+- ``fast`` (default): the kernels of :mod:`models.kernels` - identical spikes and outputs,
   gradients equal to float rounding, less memory; small C kernels built on first use
   (in-place PyTorch loops where no C compiler works, and on CUDA).
 The switch is global and changes no module or state-dict key, so it can be flipped at any
@@ -27,9 +27,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from spikingjelly.activation_based import neuron, surrogate
 
+from . import kernels
+from .kernels.common import NILIF_DECAY, NILIF_LEVELS, patch_to_time, time_to_patch
+
 LIF_THRESHOLD = 0.15
-NILIF_LEVELS = 4  # spikes are k / 4, k in 0..4
-NILIF_DECAY = 0.25
 
 NEURON_IMPLS = ("reference", "fast")
 _neuron_impl = "fast"
@@ -64,7 +65,7 @@ def neuron_impl(name: str) -> Iterator[None]:
 
 class LIF(neuron.LIFNode):
     """spikingjelly's LIFNode; under the ``fast`` implementation its multi-step CPU forward
-    runs :func:`models.fast.lif_multi_step` (same spikes and membranes, bit for bit).
+    runs :func:`models.kernels.lif_multi_step` (same spikes and membranes, bit for bit).
 
     The fast kernel covers this project's configuration (tau 2, no input decay, hard reset to
     0 not detached, sigmoid surrogate, float32) from a freshly reset or gradient-free state;
@@ -93,12 +94,10 @@ class LIF(neuron.LIFNode):
     def multi_step_forward(self, x_seq: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if args or kwargs or not self._fast_ok(x_seq):
             return super().multi_step_forward(x_seq, *args, **kwargs)
-        from . import fast
-
         v0 = self.v
         if isinstance(v0, float) or v0.shape != x_seq.shape[1:]:
             v0 = torch.full_like(x_seq[0], float(v0) if isinstance(v0, float) else self.v_reset)
-        spikes, v = fast.lif_multi_step(
+        spikes, v = kernels.lif_multi_step(
             x_seq, v0, self.tau, float(self.v_threshold), float(self.surrogate_function.alpha)
         )
         self.v = v
@@ -157,9 +156,7 @@ def ni_lif_reference(x_seq: torch.Tensor) -> torch.Tensor:
 def ni_lif(x_seq: torch.Tensor) -> torch.Tensor:
     """NI-LIF over the first axis of ``x_seq`` ``[L, ...]`` with the selected implementation."""
     if _neuron_impl == "fast":
-        from . import fast
-
-        return fast.ni_lif(x_seq)
+        return kernels.ni_lif(x_seq)
     return ni_lif_reference(x_seq)
 
 
@@ -168,29 +165,6 @@ class NILIF(nn.Module):
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         return ni_lif(x_seq)
-
-
-def patch_to_time(x_seq: torch.Tensor, r: int) -> torch.Tensor:
-    """``[T, B, C, H, W]`` -> ``[T*r*r, B, C, H/r, W/r]``, index ``t*r*r + p`` (time-major).
-
-    Sub-pixel ``p = i*r + j`` is the pixel-unshuffle channel offset (SPEC 1.3 steps 1-2).
-    """
-    T, B, C, H, W = x_seq.shape
-    if H % r or W % r:
-        raise ValueError(f"patch-to-time needs H and W divisible by r={r}, got {H}x{W}")
-    y = F.pixel_unshuffle(x_seq.flatten(0, 1), r)  # [T*B, C*r*r, H/r, W/r]
-    y = y.view(T, B, C, r * r, H // r, W // r)
-    y = y.permute(0, 3, 1, 2, 4, 5)  # [T, r*r, B, C, H/r, W/r]
-    return y.reshape(T * r * r, B, C, H // r, W // r)
-
-
-def time_to_patch(y_seq: torch.Tensor, T: int, r: int) -> torch.Tensor:
-    """Inverse of :func:`patch_to_time` up to the unshuffle: ``[T*r*r, B, C, h, w]`` ->
-    ``[T*B, C*r*r, h, w]`` in the pixel-unshuffle channel layout (SPEC 1.3 step 4)."""
-    _, B, C, h, w = y_seq.shape
-    y = y_seq.view(T, r * r, B, C, h, w)
-    y = y.permute(0, 2, 3, 1, 4, 5)  # [T, B, C, r*r, h, w]
-    return y.reshape(T * B, C * r * r, h, w)
 
 
 class VLIF(nn.Module):
@@ -205,10 +179,8 @@ class VLIF(nn.Module):
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         T, B, C, H, W = x_seq.shape
         if _neuron_impl == "fast":
-            from . import fast
-
-            y = fast.vlif_spikes(x_seq, self.r)  # [T*B, C*r*r, H/r, W/r], one fused kernel
-            y = fast.upsample_spikes(y, (H, W))  # exact: spikes are multiples of 1/4
+            y = kernels.vlif_spikes(x_seq, self.r)  # [T*B, C*r*r, H/r, W/r], one fused kernel
+            y = kernels.upsample_spikes(y, (H, W))  # exact: spikes are multiples of 1/4
         else:
             spikes = self.node(patch_to_time(x_seq, self.r))  # [T*r*r, B, C, H/r, W/r]
             y = time_to_patch(spikes, T, self.r)  # [T*B, C*r*r, H/r, W/r]

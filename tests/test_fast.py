@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import _native, build_model
-from models import fast
+from models import build_model, kernels
+from models.kernels import backend as kernel_backend, native
 from models.neurons import (
     NEURON_IMPLS, VLIF, get_neuron_impl, lif, neuron_impl, ni_lif_reference, patch_to_time,
     set_neuron_impl, time_to_patch,
@@ -21,17 +21,17 @@ pytestmark = pytest.mark.exactness
 
 GOLDEN64 = Path(__file__).parent / "data" / "golden64"
 GOLDEN_FILES = ["vlifnet_small_f64.pt", "vlifnet_small_refine_f64.pt", "esdnet_small_f64.pt"]
-BACKENDS = ["torch"] + (["native"] if _native.load() is not None else [])
+BACKENDS = ["torch"] + (["native"] if native.load() is not None else [])
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request, monkeypatch):
     """Each kernel backend, with chunks small enough that the odd test sizes span several
     chunks and threads (the production chunk is far larger than these tensors)."""
-    monkeypatch.setattr(fast, "CPU_CHUNK", 64)
-    previous = fast.set_kernel_backend(request.param)
+    monkeypatch.setattr(kernel_backend, "CPU_CHUNK", 64)
+    previous = kernels.set_kernel_backend(request.param)
     yield request.param
-    fast.set_kernel_backend(previous)
+    kernels.set_kernel_backend(previous)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -58,22 +58,22 @@ def test_nilif_identical_spikes_and_gradients(backend):
     x = _nilif_input()
     grad = torch.randn_like(x)
     y_ref, g_ref = _fwd_bwd(ni_lif_reference, x, grad)
-    y_fast, g_fast = _fwd_bwd(fast.ni_lif, x, grad)
+    y_fast, g_fast = _fwd_bwd(kernels.ni_lif, x, grad)
     assert torch.equal(y_fast, y_ref)
     assert torch.equal(g_fast, g_ref)  # the recurrence sums the same two terms: bit-identical
     with torch.inference_mode():
-        assert torch.equal(fast.ni_lif(x), y_ref)
+        assert torch.equal(kernels.ni_lif(x), y_ref)
 
 
 def test_nilif_rounds_half_to_even(backend):
     x = torch.tensor([0.5, 1.5, 2.5, 3.5, 4.5, -0.5]).view(1, 6)
-    assert fast.ni_lif(x).mul(4).tolist() == [[0.0, 2.0, 2.0, 4.0, 4.0, 0.0]]
+    assert kernels.ni_lif(x).mul(4).tolist() == [[0.0, 2.0, 2.0, 4.0, 4.0, 0.0]]
 
 
 def test_nilif_nan_propagates_like_the_reference(backend):
     x = torch.randn(5, 70)
     x[0, 3] = float("nan")
-    torch.testing.assert_close(fast.ni_lif(x), ni_lif_reference(x), rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(kernels.ni_lif(x), ni_lif_reference(x), rtol=0, atol=0, equal_nan=True)
 
 
 @pytest.mark.parametrize("r", [2, 3])
@@ -100,7 +100,7 @@ def test_vlif_spikes_match_reordered_reference(backend):
     grad = torch.randn(8, 12, 4, 5)
     ref = lambda v: time_to_patch(ni_lif_reference(patch_to_time(v, 2)), 4, 2)  # noqa: E731
     y_ref, g_ref = _fwd_bwd(ref, x, grad)
-    y_fast, g_fast = _fwd_bwd(lambda v: fast.vlif_spikes(v, 2), x, grad)
+    y_fast, g_fast = _fwd_bwd(lambda v: kernels.vlif_spikes(v, 2), x, grad)
     assert torch.equal(y_fast, y_ref) and torch.equal(g_fast, g_ref)
 
 
@@ -193,17 +193,17 @@ def test_selection_api_and_keys(tiny_config):
     with pytest.raises(ValueError, match="reference, fast"):
         set_neuron_impl("triton")
     with pytest.raises(ValueError, match="auto, native, torch"):
-        fast.set_kernel_backend("cupy")
+        kernels.set_kernel_backend("cupy")
 
 
 def test_native_build_failure_falls_back(monkeypatch):
-    monkeypatch.setattr(_native, "_lib", None)
-    monkeypatch.setattr(_native, "_tried", False)
-    monkeypatch.setattr(_native, "_build", lambda: (_ for _ in ()).throw(RuntimeError("no cc")))
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setattr(native, "_build", lambda: (_ for _ in ()).throw(RuntimeError("no cc")))
     x = _nilif_input()
-    assert torch.equal(fast.ni_lif(x), ni_lif_reference(x))
+    assert torch.equal(kernels.ni_lif(x), ni_lif_reference(x))
     with pytest.raises(RuntimeError):
-        fast.set_kernel_backend("native")
+        kernels.set_kernel_backend("native")
 
 
 # ------------------------------------------------------------------ inference
@@ -282,7 +282,7 @@ def test_benchmark_harness_records(tmp_path, monkeypatch):
     from benchmarks.measure import Pair
 
     x = torch.randn(16, 2, 3, 8, 8)
-    pair = Pair("toy", "NI-LIF toy", lambda: ni_lif_reference(x), lambda: fast.ni_lif(x), reps=3)
+    pair = Pair("toy", "NI-LIF toy", lambda: ni_lif_reference(x), lambda: kernels.ni_lif(x), reps=3)
     monkeypatch.setattr(run, "all_cases", lambda device, quick: {"neurons": lambda: [pair]})
     assert run.main(["--quick", "--json", str(tmp_path / "out.json")]) == 0
     payload = json.loads((tmp_path / "out.json").read_text())

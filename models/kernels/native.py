@@ -1,4 +1,4 @@
-"""Build and load the C kernels of :mod:`models.fast` (``models/csrc/*.c``) with ctypes.
+"""Build and load the C kernels of :mod:`models.kernels` (``models/kernels/csrc/*.c``) with ctypes.
 
 The two small C files are compiled once per machine with the system C compiler (``$CC`` or
 ``cc``; about a second) into a shared library cached under ``$SPIKING_DERAIN_CACHE`` (default

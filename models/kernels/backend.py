@@ -1,0 +1,123 @@
+"""Where the spiking kernels run: the backend choice and the CPU work split.
+
+Two backends compute the same step loops (:func:`set_kernel_backend`):
+``native``: small C kernels (``models/kernels/csrc``, built on first use by
+:mod:`models.kernels.native`) that walk all steps of a block of 64 elements in registers;
+``torch``: the same loops as in-place PyTorch operations on cache-sized chunks (CPU without a
+C compiler, CUDA, dtypes other than float32). On CPU the element range is split over
+``torch.get_num_threads()`` threads with a single join per call.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+import torch
+
+from . import native
+
+KERNEL_BACKENDS = ("auto", "native", "torch")
+_backend = os.environ.get("SPIKING_DERAIN_KERNELS", "auto")
+if _backend not in KERNEL_BACKENDS:
+    _backend = "auto"
+
+# torch backend on CPU: elements per step handled together. ATen runs an elementwise
+# operation of at most this many elements (its grain size) on the calling thread, so a chunk
+# never forks an OpenMP team; chunks are spread over Python threads instead (operations
+# release the GIL). Native backend: elements below which one thread does the whole call.
+CPU_CHUNK = 1 << 15
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def set_kernel_backend(name: str) -> str:
+    """``auto`` (native C kernels where they build, else torch), ``native`` or ``torch``.
+
+    Returns the previous choice; ``SPIKING_DERAIN_KERNELS`` sets the initial one.
+    """
+    global _backend
+    if name not in KERNEL_BACKENDS:
+        raise ValueError(f"unknown kernel backend {name!r}; choose one of {', '.join(KERNEL_BACKENDS)}")
+    if name == "native" and native.load() is None:
+        raise RuntimeError("the native spiking kernels could not be built on this machine")
+    previous, _backend = _backend, name
+    return previous
+
+
+def native_lib(*tensors: torch.Tensor):
+    """The C kernels if they apply to these tensors (CPU float32) and are selected."""
+    if _backend == "torch" or any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+        return None
+    return native.load()
+
+
+def _reset_pool() -> None:
+    global _pool
+    _pool = None  # a forked child has the executor object but not its threads
+
+
+os.register_at_fork(after_in_child=_reset_pool)
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers != workers:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="spiking-kernel")
+        return _pool
+
+
+def _run_parallel(parts: list, body: Callable) -> None:
+    """``body(part)`` for every part; the caller's thread takes the first one."""
+    if len(parts) == 1:
+        body(parts[0])
+        return
+    inference = torch.is_inference_mode_enabled()  # grad and inference modes are thread-local
+
+    def run(part) -> None:
+        with torch.inference_mode() if inference else torch.no_grad():
+            body(part)
+
+    futures = [_executor(len(parts) - 1).submit(run, part) for part in parts[1:]]
+    run(parts[0])
+    for f in futures:
+        f.result()
+
+
+def _split(n: int, align: int, min_part: int) -> list[tuple[int, int]]:
+    """``[0, n)`` in up to ``torch.get_num_threads()`` ranges aligned to ``align``."""
+    workers = max(1, min(torch.get_num_threads(), n // max(min_part, 1)))
+    per = -(-n // workers)
+    per = -(-per // align) * align
+    return [(a, min(n, a + per)) for a in range(0, n, per)] or [(0, 0)]
+
+
+def for_torch_chunks(n: int, device: torch.device, body: Callable[[slice], None]) -> None:
+    """torch backend: ``body(chunk)`` over slices of ``range(n)`` (whole range off the CPU)."""
+    if device.type != "cpu":
+        body(slice(0, n))
+        return
+
+    def run(rng: tuple[int, int]) -> None:
+        for a in range(rng[0], rng[1], CPU_CHUNK):
+            body(slice(a, min(rng[1], a + CPU_CHUNK)))
+
+    _run_parallel(_split(n, CPU_CHUNK, CPU_CHUNK), run)
+
+
+def for_native(n: int, call: Callable[[int, int], None], unit: int = 1, align: int = 64) -> None:
+    """native backend: ``call(lo, hi)`` over ranges of ``[0, n)``, one per thread; ``unit`` is
+    the number of elements an index stands for (a thread gets at least CPU_CHUNK elements)."""
+    _run_parallel(_split(n, align, -(-CPU_CHUNK // max(unit, 1))), lambda rng: call(*rng))
+
+
+def data_ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def needs_grad(x: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and x.requires_grad

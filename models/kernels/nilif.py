@@ -1,0 +1,198 @@
+"""Fast NI-LIF and VLIF kernels (SPEC 1.2, 1.3), exact against :mod:`models.neurons`.
+
+Where the reference spends its time: every step of every neuron is a handful of whole-tensor
+operations (a pass over memory and, on a multi-core CPU, a fork-join each), plus an autograd
+node and a saved membrane per step; NI-LIF walks 16 steps in VLIF and SMU. Here
+- all steps of a neuron run inside one custom autograd Function, with no per-step graph;
+- only what the backward needs is saved: a 1-byte "inside [0, 4]" mask per element;
+- the backward is hand-derived (reset through a stop-gradient):
+  ``dL/dm_t = dL/ds_t * [0 <= m_t <= 4] / 4 + 0.25 * dL/dm_{t+1}``, ``dL/dx_t = dL/dm_t``;
+  the two gradient terms of ``m_t`` are summed once, so gradients are bit-identical too.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from . import native
+from .backend import data_ptr, for_native, for_torch_chunks, native_lib, needs_grad
+from .common import NILIF_DECAY, NILIF_LEVELS, patch_to_time, time_to_patch
+
+
+def nilif_forward(x: torch.Tensor, with_mask: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Spikes ``[L, N]`` of NI-LIF over contiguous ``x`` ``[L, N]`` and, if asked, the backward
+    mask ``0 <= m_t <= 4`` (bool ``[L, N]``)."""
+    x = x.detach()
+    L, N = x.shape
+    spikes = torch.empty_like(x)
+    mask = torch.empty(L, N, dtype=torch.bool, device=x.device) if with_mask else None
+    lib = native_lib(x)
+    if lib is not None:
+        for_native(N, lambda lo, hi: lib.nilif_forward(data_ptr(x), data_ptr(spikes), data_ptr(mask), L, N, lo, hi))
+        return spikes, mask
+
+    def body(c: slice) -> None:
+        m = x[0, c].clone()
+        for t in range(L):
+            if t:
+                m.sub_(s).mul_(NILIF_DECAY).add_(x[t, c])  # (m - stopgrad(s)) * 0.25 + x_t
+            s = spikes[t, c]
+            torch.clamp(m, 0, NILIF_LEVELS, out=s)
+            if with_mask:
+                torch.eq(s, m, out=mask[t, c])  # clamp(m) == m  <=>  0 <= m <= 4 (False for NaN)
+            s.round_().div_(NILIF_LEVELS)
+
+    for_torch_chunks(N, x.device, body)
+    return spikes, mask
+
+
+def nilif_backward(grad_s: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``dL/dx`` ``[L, N]`` from contiguous ``dL/ds`` ``[L, N]`` and the forward mask."""
+    grad_s = grad_s.detach()
+    L, N = grad_s.shape
+    grad_x = torch.empty_like(grad_s)
+    lib = native_lib(grad_s)
+    if lib is not None:
+        for_native(N, lambda lo, hi: lib.nilif_backward(data_ptr(grad_s), data_ptr(mask), data_ptr(grad_x), L, N, lo, hi))
+        return grad_x
+
+    def body(c: slice) -> None:
+        g = None
+        for t in range(L - 1, -1, -1):
+            o = grad_x[t, c]
+            torch.mul(grad_s[t, c], mask[t, c], out=o)
+            o.div_(NILIF_LEVELS)  # straight-through gradient of the quantiser
+            if g is not None:
+                o.add_(g, alpha=NILIF_DECAY)  # + dL/dm_{t+1} * 0.25
+            g = o
+
+    for_torch_chunks(N, grad_s.device, body)
+    return grad_x
+
+
+class NILIFFunction(torch.autograd.Function):
+    """NI-LIF over the first axis of ``[L, ...]``; saves one bool per element."""
+
+    @staticmethod
+    def forward(ctx, x_seq: torch.Tensor) -> torch.Tensor:
+        x = x_seq.contiguous()
+        spikes, mask = nilif_forward(x.view(x.shape[0], -1), True)
+        ctx.save_for_backward(mask)
+        return spikes.view(x.shape)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_s: torch.Tensor) -> torch.Tensor:
+        (mask,) = ctx.saved_tensors
+        g = grad_s.contiguous()
+        return nilif_backward(g.view(mask.shape), mask).view(g.shape)
+
+
+def ni_lif(x_seq: torch.Tensor) -> torch.Tensor:
+    """Fast NI-LIF: same contract and bits as :func:`models.neurons.ni_lif_reference`."""
+    if needs_grad(x_seq):
+        return NILIFFunction.apply(x_seq)
+    x = x_seq.contiguous()
+    return nilif_forward(x.view(x.shape[0], -1), False)[0].view(x.shape)
+
+
+def _vlif_forward(x_seq: torch.Tensor, r: int, with_mask: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Spikes ``[T*B, C*r*r, h, w]`` (and mask, same layout) of VLIF's NI-LIF walk."""
+    T, B, C, H, W = x_seq.shape
+    h, w = H // r, W // r
+    lib = native_lib(x_seq)
+    if lib is None:  # reorder, run the plain kernel, reorder back
+        y = patch_to_time(x_seq, r)  # [T*r*r, B, C, h, w]
+        spikes, mask = nilif_forward(y.view(y.shape[0], -1), with_mask)
+        mask = None if mask is None else time_to_patch(mask.view(y.shape), T, r)
+        return time_to_patch(spikes.view(y.shape), T, r), mask
+    x = x_seq.detach().contiguous()
+    spikes = x.new_empty(T * B, C * r * r, h, w)
+    mask = torch.empty(spikes.shape, dtype=torch.bool) if with_mask else None
+    for_native(B * C * h, lambda lo, hi: lib.vlif_forward(
+        data_ptr(x), data_ptr(spikes), data_ptr(mask), T, B * C, H, W, r, lo, hi), unit=w * T * r * r, align=1)
+    return spikes, mask
+
+
+def _vlif_backward(grad_y: torch.Tensor, mask: torch.Tensor, shape: torch.Size, r: int) -> torch.Tensor:
+    T, B, C, H, W = shape
+    h, w = H // r, W // r
+    grad_y = grad_y.detach().contiguous()
+    lib = native_lib(grad_y)
+    if lib is None:
+        L = T * r * r
+        g = grad_y.view(T, B, C, r * r, h, w).permute(0, 3, 1, 2, 4, 5)  # [T, r*r, B, C, h, w]
+        m = mask.view(T, B, C, r * r, h, w).permute(0, 3, 1, 2, 4, 5)
+        g = nilif_backward(g.reshape(L, -1), m.reshape(L, -1))  # [T*r*r, B*C*h*w]
+        g = g.view(T, r * r, B, C, h, w).permute(0, 2, 3, 1, 4, 5)  # [T, B, C, r*r, h, w]
+        return F.pixel_shuffle(g.reshape(T * B, C * r * r, h, w), r).view(shape)  # [T, B, C, H, W]
+    grad_x = grad_y.new_empty(shape)
+    for_native(B * C * h, lambda lo, hi: lib.vlif_backward(
+        data_ptr(grad_y), data_ptr(mask), data_ptr(grad_x), T, B * C, H, W, r, lo, hi), unit=w * T * r * r, align=1)
+    return grad_x
+
+
+class VLIFSpikeFunction(torch.autograd.Function):
+    """``[T, B, C, H, W]`` -> NI-LIF spikes in the layout VLIF resizes, ``[T*B, C*r*r, H/r, W/r]``
+    (patch-to-time, NI-LIF over ``T*r*r`` steps, inverse reordering; SPEC 1.3 steps 1-4). The
+    native kernel reads and writes those layouts directly, without reordering copies."""
+
+    @staticmethod
+    def forward(ctx, x_seq: torch.Tensor, r: int) -> torch.Tensor:
+        spikes, mask = _vlif_forward(x_seq, r, True)
+        ctx.save_for_backward(mask)
+        ctx.shape, ctx.r = x_seq.shape, r
+        return spikes
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y: torch.Tensor):
+        (mask,) = ctx.saved_tensors
+        return _vlif_backward(grad_y, mask, ctx.shape, ctx.r), None
+
+
+def vlif_spikes(x_seq: torch.Tensor, r: int) -> torch.Tensor:
+    """Fast ``time_to_patch(ni_lif(patch_to_time(x_seq, r)), T, r)``: ``[T*B, C*r*r, H/r, W/r]``."""
+    if x_seq.shape[-2] % r or x_seq.shape[-1] % r:
+        raise ValueError(f"patch-to-time needs H and W divisible by r={r}, got {tuple(x_seq.shape[-2:])}")
+    if needs_grad(x_seq):
+        return VLIFSpikeFunction.apply(x_seq, r)
+    return _vlif_forward(x_seq, r, False)[0]
+
+
+class Upsample2xFunction(torch.autograd.Function):
+    """Bilinear x2 resize (``align_corners=False``) of VLIF's spikes, ``[N, C, h, w]`` ->
+    ``[N, C, 2h, 2w]``, native kernels both ways. Exact for inputs that are multiples of 1/4
+    in [0, 1] (every product and sum is exact in float32), which NI-LIF spikes are."""
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor) -> torch.Tensor:
+        lib = native.load()
+        y = y.detach().contiguous()
+        N, C, h, w = y.shape
+        out = y.new_empty(N, C, 2 * h, 2 * w)
+        for_native(N * C, lambda lo, hi: lib.upsample2x_bilinear(data_ptr(y), data_ptr(out), h, w, lo, hi),
+                    unit=4 * h * w, align=1)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        lib = native.load()
+        grad = grad.contiguous()
+        N, C, H, W = grad.shape
+        h, w = H // 2, W // 2
+        out = grad.new_empty(N, C, h, w)
+        for_native(N * C, lambda lo, hi: lib.upsample2x_bilinear_backward(data_ptr(grad), data_ptr(out), h, w, lo, hi),
+                    unit=4 * h * w, align=1)
+        return out
+
+
+def upsample_spikes(y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``F.interpolate(y, size, mode="bilinear", align_corners=False)`` for VLIF's spikes:
+    the native exact x2 kernel where it applies, ``F.interpolate`` otherwise."""
+    h, w = y.shape[-2:]
+    if tuple(size) == (2 * h, 2 * w) and h > 0 and w > 0 and native_lib(y) is not None:
+        return Upsample2xFunction.apply(y)
+    return F.interpolate(y, size=size, mode="bilinear", align_corners=False)
