@@ -24,12 +24,14 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from data.dataset import DataError, check_images, check_output_dir, check_pairs, list_images, pair_by_name, read_image, write_png
+from data.dataset import check_pairs, pair_by_name
+from data.io import DataError, check_images, check_output_dir, list_images, read_image, write_png
 from models.neurons import neuron_impl
 from options.common import network_overrides
 from options.presets import DEMO_DATA_ROOT
 from options.test_options import parse_test_args
-from utils.benchmark import BenchmarkError, run_benchmark
+from data.registry import BenchmarkError
+from utils.benchmark import run_benchmark
 from utils.checkpoint import CheckpointError, load_model
 from utils.energy import EnergyMeter
 from utils.energy_report import format_table as format_energy

@@ -30,7 +30,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from data.dataset import DataError, EpochBatchSampler, PairedImageDataset, check_output_dir, to_uint8
+from data.dataset import EpochBatchSampler, PairedImageDataset
+from data.io import DataError, check_output_dir, to_uint8
 from models import build_model
 from models.neurons import neuron_impl
 from options.common import network_overrides

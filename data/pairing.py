@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from data.dataset import IMAGE_EXTENSIONS, DataError, read_image
+from data.io import IMAGE_EXTENSIONS, DataError, read_image
 
 # name: (rainy pattern, clean pattern, regex of {id}); patterns match the stem unless they end
 # in an extension. rain-norain-x: several renderings norain-12x1, norain-12x2 of norain-12.

@@ -53,7 +53,8 @@ from data.pairing import (
     pair_side_by_side,
     verify,
 )
-from utils.atomic import write_text_atomic
+from data.io import write_text_atomic
+from data.registry import DATASETS
 
 log = logging.getLogger(__name__)
 
@@ -261,8 +262,6 @@ def _synthetic_sources(args: argparse.Namespace, tmp: Path) -> list[tuple[str, R
 def prepare(args: argparse.Namespace) -> list[Report]:
     """Run the preparation the parsed arguments describe; one report per split."""
     _check_args(args)
-    from utils.benchmark import DATASETS
-
     if args.name not in DATASETS:
         log.warning("%s is not a benchmark name (%s): test.py --benchmark will not look for it",
                     args.name, ", ".join(DATASETS))
@@ -332,9 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Prepare, print the report; 0 if all is well, 1 if problems were found, 2 on usage errors."""
     args = build_parser().parse_args(argv)
-    from utils.logger import setup_logging
-
-    setup_logging(level=getattr(logging, args.log_level))
+    logging.basicConfig(level=getattr(logging, args.log_level), format="%(levelname)s %(name)s: %(message)s", force=True)
     try:
         reports = prepare(args)
     except PrepareError as exc:

@@ -24,8 +24,8 @@ import cv2
 import numpy as np
 import skimage.data
 
-from data.dataset import write_png
-from utils.atomic import write_text_atomic
+from data.io import write_png
+from data.io import write_text_atomic
 
 __all__ = [
     "RainParams",
@@ -336,3 +336,16 @@ def make_demo_dataset(root: str | os.PathLike, seed: int = 0) -> dict[str, Any]:
         "train_pairs": len(files["train"]), "test_pairs": len(files["test"]),
         "regenerated": regenerated,
     }
+
+
+def demo_pair(size: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(clean, rainy) uint8 RGB ``size x size``: scikit-image's "chelsea" photo, centre square,
+    with the "heavy" synthetic rain of :mod:`data.synthetic_rain` (seeded)."""
+    import cv2
+
+    photo = load_photo("chelsea")
+    h, w = photo.shape[:2]
+    s = min(h, w)
+    square = photo[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+    clean = cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA)
+    return clean, add_rain(clean, "heavy", rng=np.random.default_rng(seed))

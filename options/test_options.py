@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from utils.benchmark import DATASETS, parse_weights_map
+from data.registry import DATASETS, parse_weights_map
 from utils.metrics import PROTOCOLS
 
 from .common import add_inference_args, add_network_args

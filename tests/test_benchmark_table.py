@@ -12,15 +12,8 @@ import numpy as np
 import pytest
 
 from data.prepare import main as prepare_main
-from utils.benchmark import (
-    DATASETS,
-    BenchmarkError,
-    find_datasets,
-    parse_weights_map,
-    resolve_weights,
-    run_benchmark,
-    write_results_md,
-)
+from data.registry import DATASETS, BenchmarkError, find_datasets, parse_weights_map, resolve_weights
+from utils.benchmark import run_benchmark, write_results_md
 from utils.metrics import PROTOCOLS, compute_all
 
 HEADER = ("| Dataset | Weights | Images | PSNR matlab-y | SSIM matlab-y | PSNR esdnet-y | SSIM esdnet-y "

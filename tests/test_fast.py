@@ -278,8 +278,8 @@ def test_auto_tile_batch(monkeypatch):
 
 # ------------------------------------------------------------------ benchmark harness
 def test_benchmark_harness_records(tmp_path, monkeypatch):
-    import benchmarks.run as run
-    from benchmarks.measure import Pair
+    import tools.speed.run as run
+    from tools.speed.measure import Pair
 
     x = torch.randn(16, 2, 3, 8, 8)
     pair = Pair("toy", "NI-LIF toy", lambda: ni_lif_reference(x), lambda: kernels.ni_lif(x), reps=3)

@@ -1,4 +1,4 @@
-"""Frequency analysis of LIF / NI-LIF / VLIF (utils.frequency): closed forms, saturation, CLI."""
+"""Frequency analysis of LIF / NI-LIF / VLIF (tools.frequency): closed forms, saturation, CLI."""
 from __future__ import annotations
 
 import cv2
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.frequency import analyse, high_frequency_share, main, neuron_input, power_spectrum, radial_profile
+from tools.frequency import analyse, high_frequency_share, main, neuron_input, power_spectrum, radial_profile
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cli_helpers import TINY_NET_FLAGS, load_script
-from data.dataset import read_image
+from data.io import read_image
 from options.test_options import DEMO_WEIGHTS
 from utils.checkpoint import load_model
 from utils.training import lr_at_epoch

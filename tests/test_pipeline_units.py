@@ -12,8 +12,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from data.dataset import (DataError, EpochBatchSampler, PairedImageDataset, pair_by_name, read_image, to_tensor,
-                          to_uint8, write_png)
+from data.dataset import EpochBatchSampler, PairedImageDataset, pair_by_name
+from data.io import DataError, read_image, to_tensor, to_uint8, write_png
 from models import build_model
 from options.train_options import parse_train_args
 from utils.losses import SSIMLoss, ssim, ssim_map

@@ -22,7 +22,8 @@ import torch
 import torch.nn as nn
 
 from cli_helpers import TINY_NET_FLAGS, load_script
-from data.dataset import DataError, EpochBatchSampler, PairedImageDataset, check_images, check_output_dir, read_image
+from data.dataset import EpochBatchSampler, PairedImageDataset
+from data.io import DataError, check_images, check_output_dir, read_image
 from models import build_model
 from utils.checkpoint import atomic_save, make_checkpoint, read_checkpoint
 from utils.signals import GracefulStop

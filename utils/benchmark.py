@@ -1,7 +1,6 @@
-"""The benchmark registry and the results tables of ``test.py --benchmark`` (SPEC 7, 8).
+"""``test.py --benchmark``: evaluate every prepared deraining benchmark, write the paper's table (SPEC 7, 8).
 
-:data:`DATASETS` names the five benchmarks and the two synthetic stand-in sets, the released
-weights each is evaluated with, and whether clean targets exist. :func:`run_benchmark` loops
+The datasets and their weights are in :mod:`data.registry`. :func:`run_benchmark` loops
 over the sets found under ``<data_root>/<name>/test/{input,target}`` (prepared with
 ``python -m data.prepare``), calls an injected evaluation function for each, and writes
 ``results.md`` (the paper's table, every protocol labelled), ``results.csv`` and
@@ -10,156 +9,22 @@ appears in ``results.md``; nothing here loads a network, so the loop is testable
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
 import logging
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from data.dataset import IMAGE_EXTENSIONS
-from utils.atomic import write_text_atomic
+from data.io import write_text_atomic
+from data.registry import DATASETS, FoundSet, check_names, dataset_images, find_datasets, resolve_weights
 from utils.metrics import PROTOCOLS
 
 log = logging.getLogger(__name__)
 
-DEMO_WEIGHTS = "vlifnet_demo.pth"  # the committed demo model (pretrained_models/)
-
 EvaluateFn = Callable[[Path, "Path | None", Path, Path], Mapping[str, float]]
-
-
-class BenchmarkError(ValueError):
-    """Bad benchmark arguments; the message names the problem and the fix."""
-
-
-@dataclass(frozen=True)
-class BenchmarkSet:
-    """One row of the table: which weights evaluate it and whether it has clean targets."""
-
-    name: str
-    weights: str  # file name looked up in --weights_dir; overridable with --weights_map
-    has_target: bool
-    note: str  # why these weights
-    synthetic: bool = False  # a stand-in set: when absent it is not listed as skipped
-
-
-# Table order. Rain12 and RW_Rain have no released model of their own (SPEC 8).
-DATASETS: dict[str, BenchmarkSet] = {s.name: s for s in (
-    BenchmarkSet("Rain200L", "Rain200L.pth", True, "released Rain200L model (with refinement)"),
-    BenchmarkSet("Rain200H", "Rain200H.pth", True, "released Rain200H model"),
-    BenchmarkSet("Rain1200", "Rain1200.pth", True, "released Rain1200 (DID-Data) model"),
-    BenchmarkSet("Rain12", "Rain200L.pth", True,
-                 "no Rain12 model: its 12 pairs are light synthetic rain, so the light-rain model, "
-                 "as the deraining literature usually evaluates Rain12"),
-    BenchmarkSet("RW_Rain", "Rain200H.pth", False,
-                 "real rain, no targets (outputs only): the heavy-rain model, which removes the "
-                 "most streaks; a choice of this project (overridable)"),
-    BenchmarkSet("synth-light", DEMO_WEIGHTS, True, "synthetic stand-in: the demo model", synthetic=True),
-    BenchmarkSet("synth-heavy", DEMO_WEIGHTS, True, "synthetic stand-in: the demo model", synthetic=True),
-)}
-
-
-@dataclass(frozen=True)
-class FoundSet:
-    """A dataset present under the data root; ``target_dir`` None: outputs only."""
-
-    info: BenchmarkSet
-    input_dir: Path
-    target_dir: Path | None
-
-
-def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                  and not p.name.startswith("."))
-
-
-def _dataset_dir(root: Path, name: str) -> Path | None:
-    """``root/name``; a folder differing only in case is accepted (and logged)."""
-    if (root / name).is_dir():
-        return root / name
-    for folder in sorted(root.iterdir()):
-        if folder.is_dir() and folder.name.lower() == name.lower():
-            log.info("%s: using %s (the name differs in case)", name, folder)
-            return folder
-    return None
-
-
-def _check_names(names: Sequence[str] | None) -> list[str]:
-    unknown = [n for n in names or () if n not in DATASETS]
-    if unknown:
-        raise BenchmarkError(f"unknown dataset(s) {', '.join(unknown)}; known: {', '.join(DATASETS)}")
-    return list(names) if names else list(DATASETS)
-
-
-def find_datasets(data_root: str | os.PathLike, names: Sequence[str] | None = None
-                  ) -> tuple[list[FoundSet], list[tuple[str, str]]]:
-    """The registry's sets present under ``data_root`` (in table order) and ``(name, reason)`` for the rest.
-
-    ``names`` None: the five benchmarks and whichever synthetic sets are present (absent
-    synthetic sets are not listed as skipped).
-    """
-    root = Path(data_root)
-    if not root.is_dir():
-        raise BenchmarkError(f"data root {root} does not exist; pass the folder holding <name>/test/input "
-                             "(see python -m data.prepare --help)")
-    found, skipped = [], []
-    for name in _check_names(names):
-        info, folder = DATASETS[name], _dataset_dir(root, name)
-        test = folder / "test" if folder is not None else root / name / "test"
-        how = f"--synthetic {name}" if info.synthetic else f"--name {name} --src ... --layout ..."
-        hint = f"prepare it with python -m data.prepare {how} --out {root}"
-        if not (test / "input").is_dir():
-            if not (info.synthetic and names is None):
-                skipped.append((name, f"{test / 'input'} not found; {hint}"))
-        elif not _images(test / "input"):
-            skipped.append((name, f"no images in {test / 'input'}; {hint}"))
-        elif (test / "target").is_dir():
-            found.append(FoundSet(info, test / "input", test / "target"))
-        elif info.has_target:
-            skipped.append((name, f"{test / 'target'} not found but {name} is scored against targets; {hint}"))
-        else:
-            found.append(FoundSet(info, test / "input", None))
-    return found, skipped
-
-
-def parse_weights_map(text: str) -> dict[str, str]:
-    """argparse type of ``--weights_map``: ``"Rain12=Rain200H.pth,RW_Rain=/abs/other.pth"``."""
-    out: dict[str, str] = {}
-    for item in filter(None, (s.strip() for s in text.split(","))):
-        name, sep, weights = (s.strip() for s in item.partition("="))
-        if not sep or not name or not weights:
-            raise argparse.ArgumentTypeError(f"--weights_map item {item!r}: expected DATASET=FILE")
-        if name not in DATASETS:
-            raise argparse.ArgumentTypeError(f"--weights_map: unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-        if name in out:
-            raise argparse.ArgumentTypeError(f"--weights_map names {name} twice")
-        out[name] = weights
-    return out
-
-
-def resolve_weights(dataset: str, weights_dir: str | os.PathLike | None,
-                    overrides: Mapping[str, str] | None = None) -> tuple[Path | None, str]:
-    """``(path, why)``: the weights file for ``dataset``, or ``(None, reason)`` when it is missing.
-
-    An override (``--weights_map``) wins over the registry; a relative name is looked up in
-    ``weights_dir``, an absolute path is used as it is.
-    """
-    info = DATASETS[_check_names([dataset])[0]]
-    given = (overrides or {}).get(dataset)
-    name, why = (given, "--weights_map") if given else (info.weights, info.note)
-    path = Path(name)
-    if not path.is_absolute():
-        if weights_dir is None:
-            return None, f"no --weights_dir to find {name} in ({why})"
-        path = Path(weights_dir) / path
-    if not path.is_file():
-        return None, (f"weights {path} not found ({why}); put the file there or map another: "
-                      f"--weights_map {dataset}=FILE")
-    return path, why
 
 
 def _fmt(value: Any, digits: int) -> str:
@@ -275,7 +140,7 @@ def _evaluate(found: FoundSet, weights: Path, why: str, out_dir: Path, evaluate_
     log.info("%s: %s with %s (%s) -> %s", name, found.input_dir, weights.name, why, out_dir / name)
     metrics = flatten_metrics(evaluate_fn(found.input_dir, found.target_dir, weights, out_dir / name))
     return {"dataset": name, "weights": weights.name, "weights_path": str(weights), "why": why,
-            "images": len(_images(found.input_dir)), "scored": found.target_dir is not None, "metrics": metrics}
+            "images": len(dataset_images(found.input_dir)), "scored": found.target_dir is not None, "metrics": metrics}
 
 
 def run_benchmark(data_root: str | os.PathLike, weights_dir: str | os.PathLike | None, out_dir: str | os.PathLike,
@@ -292,7 +157,7 @@ def run_benchmark(data_root: str | os.PathLike, weights_dir: str | os.PathLike |
     "results_json"}``; callers should exit non-zero when ``failed`` is not empty.
     """
     out_dir = Path(out_dir)
-    _check_names(list(weights_map or {}))
+    check_names(list(weights_map or {}))
     present, skipped = find_datasets(data_root, names)
     for name, reason in skipped:
         log.warning("skipping %s: %s", name, reason)

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from models import MODELS, build_model
-from utils.atomic import atomic_write
+from data.io import atomic_write
 
 FORMAT = "spiking-derain-checkpoint/1"
 _PREFIXES = ("module.", "_orig_mod.")

@@ -46,7 +46,7 @@ import logging
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -400,14 +400,3 @@ def measure(
     with EnergyMeter(model, e_mac_pj, e_ac_pj) as meter, torch.no_grad():
         model(x)
     return meter.summary()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m utils.energy``: see :func:`utils.energy_report.main`."""
-    from utils.energy_report import main as cli
-
-    return cli(argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from data.dataset import to_tensor, to_uint8
-from utils.atomic import atomic_write, write_text_atomic
+from data.io import to_tensor, to_uint8
+from data.io import atomic_write, write_text_atomic
 from utils.metrics import PROTOCOLS, psnr, ssim
 from utils.tiling import restore_stream
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from spikingjelly.activation_based import neuron
 
-from utils.atomic import atomic_write
+from data.io import atomic_write
 from utils.checkpoint import CheckpointError, atomic_save, read_checkpoint
 
 __all__ = [

@@ -30,6 +30,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from data.io import DataError, read_image
+from data.synthetic_rain import demo_pair
 from models.neurons import NILIF, VLIF, lif
 
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
@@ -207,32 +209,8 @@ def plot_analysis(result: dict[str, Any], path: str | Path) -> None:
     plt.close(fig)
 
 
-def demo_pair(size: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(clean, rainy) uint8 RGB ``size x size``: scikit-image's "chelsea" photo, centre square,
-    with the "heavy" synthetic rain of :mod:`data.synthetic_rain` (seeded)."""
-    import cv2
-
-    from data.synthetic_rain import add_rain, load_photo
-
-    photo = load_photo("chelsea")
-    h, w = photo.shape[:2]
-    s = min(h, w)
-    square = photo[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
-    clean = cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA)
-    return clean, add_rain(clean, "heavy", rng=np.random.default_rng(seed))
-
-
-def _read_rgb(path: str) -> np.ndarray:
-    import cv2
-
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise FileNotFoundError(f"cannot read image {path}")
-    return np.ascontiguousarray(bgr[..., ::-1])
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m utils.frequency", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tools.frequency", description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", type=str, help="rainy image (RGB)")
     src.add_argument("--demo", action="store_true", help="built-in photo with synthetic heavy rain")
@@ -248,10 +226,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.demo:
             clean, rainy = demo_pair(args.size)
         else:
-            rainy = _read_rgb(args.input)
-            clean = _read_rgb(args.clean) if args.clean else None
+            rainy = read_image(args.input)
+            clean = read_image(args.clean) if args.clean else None
         result = analyse(rainy, clean, T=args.T, cutoff=args.cutoff, gain=args.gain, channels=args.channels)
-    except (FileNotFoundError, ValueError) as exc:
+    except (DataError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_report(result))

@@ -1,6 +1,6 @@
 """Measure the fast spiking kernels and fast inference against the reference, same process.
 
-    python -m benchmarks.run [--quick] [--json OUT] [--only neurons train inference]
+    python -m tools.speed [--quick] [--json OUT] [--only neurons train inference]
                              [--threads N] [--device cpu|cuda]
 
 Prints a Markdown table (median milliseconds, speed-up, peak memory, largest output
@@ -48,7 +48,7 @@ def table(records: Sequence[Record]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tools.speed", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer repetitions (same shapes); under 10 min on 2 cores")
     p.add_argument("--json", type=Path, default=None, help="write the records and machine info to this file")
     p.add_argument("--only", nargs="+", choices=["neurons", "train", "inference"], default=None,

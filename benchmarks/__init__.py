@@ -1,1 +1,0 @@
-"""Reference-vs-fast benchmarks: ``python -m benchmarks.run [--quick] [--json OUT]``."""

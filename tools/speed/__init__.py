@@ -1,0 +1,1 @@
+"""The speed harness: reference against fast, ``python -m tools.speed [--quick] [--json OUT]``."""
