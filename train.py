@@ -45,7 +45,7 @@ from utils.fuse import resolve_tile_batch
 from utils.logger import make_writer, setup_logging
 from utils.losses import build_loss
 from utils.signals import GracefulStop, ignore_stop_signals, signal_exit_code
-from utils.tiling import restore
+from utils.inference import restore
 from utils.training import (ModelEMA, NonFiniteGuard, NonFiniteLossError, RunError, build_scheduler,
                             check_finite_weights, find_resume_checkpoint, firing_rate, get_rng_state,
                             has_training_state, open_step_log, optimizer_step, pick_device, remove_stale_temp_files,

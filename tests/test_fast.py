@@ -15,7 +15,7 @@ from models.neurons import (
     set_neuron_impl, time_to_patch,
 )
 from utils.fuse import auto_tile_batch, find_conv_bn_pairs, fold_batchnorm, prepare_for_inference
-from utils.tiling import tiled_forward
+from utils.inference import tiled_forward
 
 pytestmark = pytest.mark.exactness
 

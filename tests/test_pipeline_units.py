@@ -17,7 +17,7 @@ from data.io import DataError, read_image, to_tensor, to_uint8, write_png
 from models import build_model
 from options.train_options import parse_train_args
 from utils.losses import SSIMLoss, ssim, ssim_map
-from utils.tiling import blend_weight, restore, tile_starts, tiled_forward, tiled_forward_stream
+from utils.inference import blend_weight, restore, tile_starts, tiled_forward, tiled_forward_stream
 from utils.training import build_scheduler, get_rng_state, lr_at_epoch, set_rng_state
 
 

@@ -1,6 +1,6 @@
 """One inference-and-scoring path for ``test.py`` and ``train.py``'s validation.
 
-An image goes uint8 -> [0, 1] float -> :func:`utils.tiling.restore` -> clamp, round -> uint8,
+An image goes uint8 -> [0, 1] float -> :func:`utils.inference.restore` -> clamp, round -> uint8,
 and is scored on uint8 with :mod:`utils.metrics` under each requested convention (SPEC 7).
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch.nn as nn
 from data.io import to_tensor, to_uint8
 from data.io import atomic_write, write_text_atomic
 from utils.metrics import PROTOCOLS, psnr, ssim
-from utils.tiling import restore_stream
+from utils.inference import restore_stream
 
 __all__ = ["derain", "derain_stream", "score", "summarise", "format_table", "write_csv", "write_json"]
 
@@ -34,7 +34,7 @@ def derain_stream(net: nn.Module, images: Iterable[np.ndarray], device: torch.de
                   crop_size: int = 80, overlap: int = 8,
                   tile_batch: int = 16) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """``(input, derained)`` for each of a stream of images, in order; tiles of consecutive
-    images share network calls (:func:`utils.tiling.restore_stream`), so a few inputs are read
+    images share network calls (:func:`utils.inference.restore_stream`), so a few inputs are read
     ahead of the one yielded."""
     waiting: deque[np.ndarray] = deque()  # read, not yet yielded
 

@@ -20,7 +20,7 @@ from models import build_model
 from models import kernels as fast_kernels
 from models.neurons import VLIF, lif, neuron_impl, ni_lif_reference, patch_to_time, time_to_patch
 from utils.fuse import auto_tile_batch, prepare_for_inference
-from utils.tiling import tiled_forward
+from utils.inference import tiled_forward
 
 from .measure import Pair
 
