@@ -25,8 +25,8 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from data.dataset import check_pairs, pair_by_name
-from data.io import DataError, check_images, check_output_dir, list_images, read_image, write_png
-from models.neurons import neuron_impl
+from data.io import DataError, check_images, list_images, output_dir, read_image, write_png
+from models.neurons import set_neuron_impl
 from options.common import network_overrides
 from options.presets import DEMO_DATA_ROOT
 from options.test_options import parse_test_args
@@ -35,10 +35,11 @@ from utils.benchmark import run_benchmark
 from utils.checkpoint import CheckpointError, load_model
 from utils.energy import EnergyMeter
 from utils.energy_report import format_table as format_energy
-from utils.evaluation import derain_stream, format_table, score, summarise, write_csv, write_json
+from utils.evaluation import format_table, score, summarise, write_csv, write_json
 from utils.fuse import prepare_for_inference, resolve_tile_batch
+from utils.inference import restore_stream
 from utils.logger import setup_logging
-from utils.training import pick_device
+from utils.device import pick_device
 
 log = logging.getLogger("test")
 
@@ -49,7 +50,7 @@ def load_network(args: argparse.Namespace, device: torch.device) -> tuple[nn.Mod
     model, ckpt = load_model(args.weights, arch=args.arch, map_location="cpu", **network_overrides(args))
     log.info("%s: %s %s", args.weights, type(model).__name__, model.config)
     fold = args.fold_bn and not args.energy  # --energy meters the network as trained (its parameters, its layers)
-    model = prepare_for_inference(model.to(device), fold=fold)
+    model = set_neuron_impl(prepare_for_inference(model.to(device), fold=fold), args.neuron_impl)
     args.tile_batch = resolve_tile_batch(model, args.crop_size, args.tile_batch, device)
     log.info("inference: %s neurons, batch norm %s, %s", args.neuron_impl,
              "folded into the convolutions" if fold else "as trained",
@@ -59,13 +60,18 @@ def load_network(args: argparse.Namespace, device: torch.device) -> tuple[nn.Mod
 
 
 def collect(args: argparse.Namespace) -> list[tuple[Path, Path | None]]:
-    """``(image, target or None)`` for every image of ``--data_path``, paired by name."""
+    """``(image, target or None)`` for every image of ``--data_path``, paired by name.
+
+    Every file is decoded in full here, before any output is written: a truncated file (whose
+    header still reads) or a NaN image stops the run with its name, not half-way through it.
+    """
     if args.target_path is None:
         paths = list_images(args.data_path)
-        check_images(paths)  # an unreadable or NaN image fails here, before any output is written
+        check_images(paths)
         return [(p, None) for p in paths]
     pairs = pair_by_name(args.data_path, args.target_path)
-    check_pairs(pairs)
+    check_pairs(pairs)  # sizes from the headers: a mismatch is reported before the slow decode
+    check_images([path for pair in pairs for path in pair])
     return pairs
 
 
@@ -77,8 +83,8 @@ def run(args: argparse.Namespace, items: list[tuple[Path, Path | None]], net: nn
     """
     rows, input_rows = [], []
     inputs = (read_image(path) for path, _ in items)
-    pairs = ((img, img) for img in inputs) if net is None else derain_stream(
-        net, inputs, device, args.crop_size, args.overlap_size, args.tile_batch)
+    pairs = ((img, img) for img in inputs) if net is None else restore_stream(
+        net, inputs, args.crop_size, args.overlap_size, args.tile_batch, device)
     bar = tqdm(zip(items, pairs), total=len(items), desc="derain" if net is not None else "score",
                dynamic_ncols=True)
     for (path, target_path), (img, out) in bar:
@@ -126,26 +132,30 @@ def prepare_demo(args: argparse.Namespace) -> None:
 
 def evaluate_folder(args: argparse.Namespace) -> tuple[list[dict], list[dict], dict | None]:
     """Derain (or only score) ``args.data_path`` and write the reports; returns the per-image rows,
-    the rainy inputs' rows and the energy summary (``--energy``) or ``None``."""
+    the rainy inputs' rows and the energy summary (``--energy``) or ``None``.
+
+    Inputs and the checkpoint are checked before ``--save_path`` is created; if the run fails
+    anyway, the folders it created are removed again while they are empty.
+    """
     items = collect(args)
-    check_output_dir(args.save_path, "--save_path")
     device = pick_device(args.device)
     net = None if args.metrics_only else load_network(args, device)[0]
-    meter = EnergyMeter(net) if args.energy and net is not None else contextlib.nullcontext()
-    start = time.time()
-    with meter:
-        rows, input_rows = run(args, items, net, device)
-    seconds = time.time() - start
-    if not args.metrics_only:
-        log.info("%d images derained in %.1f s -> %s", len(items), seconds, args.save_path)
-    energy = None
-    if isinstance(meter, EnergyMeter):
-        energy = meter.summary(num_images=len(items))
-        energy.update(arch=type(net).__name__.lower(), config=net.config, weights=str(args.weights))
-        write_json(args.save_path / "energy.json", energy)
-    if rows:
-        print(report(args, rows, input_rows, seconds))
-        print(f"metrics per image: {args.save_path / 'metrics.csv'}; means: {args.save_path / 'metrics.json'}")
+    with output_dir(args.save_path, "--save_path"):
+        meter = EnergyMeter(net) if args.energy and net is not None else contextlib.nullcontext()
+        start = time.time()
+        with meter:
+            rows, input_rows = run(args, items, net, device)
+        seconds = time.time() - start
+        if not args.metrics_only:
+            log.info("%d images derained in %.1f s -> %s", len(items), seconds, args.save_path)
+        energy = None
+        if isinstance(meter, EnergyMeter):
+            energy = meter.summary(num_images=len(items))
+            energy.update(arch=type(net).__name__.lower(), config=net.config, weights=str(args.weights))
+            write_json(args.save_path / "energy.json", energy)
+        if rows:
+            print(report(args, rows, input_rows, seconds))
+            print(f"metrics per image: {args.save_path / 'metrics.csv'}; means: {args.save_path / 'metrics.json'}")
     if energy is not None:
         print(format_energy(energy))
     return rows, input_rows, energy
@@ -171,14 +181,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_test_args(argv)
     setup_logging()
     try:
-        with neuron_impl(args.neuron_impl):
-            if args.benchmark:
-                return benchmark(args)
-            if args.demo:
-                prepare_demo(args)
-            if args.save_path is None:
-                args.save_path = args.data_path if args.metrics_only else Path("results") / args.weights.stem
-            evaluate_folder(args)
+        if args.benchmark:
+            return benchmark(args)
+        if args.demo:
+            prepare_demo(args)
+        if args.save_path is None:
+            args.save_path = args.data_path if args.metrics_only else Path("results") / args.weights.stem
+        evaluate_folder(args)
     except (DataError, CheckpointError, BenchmarkError) as exc:
         log.error("%s", exc)
         return 2

@@ -7,8 +7,9 @@ writes a lossless PNG.
 
 Every file the project writes goes through :func:`atomic_write`: a temporary file in the
 target's folder, renamed over the target. A crash, a full disk or a kill at any point leaves
-either the old file or the new one, never a partial file. Temporary files are named
-``.<name>.<random>.tmp`` (what :func:`utils.checkpoint.remove_stale_temp_files` cleans up after
+either the old file or the new one, never a partial file. Files get the permissions the user's
+umask gives (0644 under umask 022), as ``open()`` would. Temporary files are named
+``.<name>.<random>.tmp`` (what :func:`utils.train_checkpoint.remove_stale_temp_files` cleans up after
 a kill -9).
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator, Sequence
@@ -100,13 +102,12 @@ def probe_image(path: Path) -> tuple[int, int, str]:
 
 
 def check_images(paths: Sequence[Path]) -> None:
-    """Check that every image can be read, before anything is written (used without targets).
-
-    Headers only, except float images, which are decoded to check for NaN/inf and range.
-    """
+    """Decode every image in full, before anything is written; :class:`DataError` names the
+    first one that cannot be read (a header can be intact while the data is truncated), holds
+    NaN/inf or is a float image outside [0, 1]. Decoding is cheap next to inference."""
+    noted = set(CONVERSIONS.values()) | {"16-bit"}  # silent here: logged when the image is used
     for path in paths:
-        if probe_image(path)[2] in FLOAT_MODES:
-            read_image(path)
+        read_image(path, noted)
 
 
 def check_output_dir(folder: str | os.PathLike, flag: str) -> Path:
@@ -130,6 +131,22 @@ def check_output_dir(folder: str | os.PathLike, flag: str) -> Path:
             f"you can write to with {flag}, or fix its permissions (or free disk space)"
         ) from exc
     return folder
+
+
+@contextlib.contextmanager
+def output_dir(folder: str | os.PathLike, flag: str) -> Iterator[Path]:
+    """``with output_dir(path, "--save_path") as folder:``: :func:`check_output_dir`, and if the
+    block raises, the folders it created are removed again when they are still empty, so a run
+    that fails before writing anything leaves nothing behind (files already written are kept)."""
+    folder = Path(folder)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    try:
+        yield check_output_dir(folder, flag)
+    except BaseException:
+        for path in created:
+            with contextlib.suppress(OSError):  # not empty (or gone): keep it
+                path.rmdir()
+        raise
 
 
 def _note_conversion(kind: str, path: Path, noted: set[str]) -> None:
@@ -227,13 +244,31 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ atomic writes
+def _create_temp(path: Path) -> tuple[int, Path]:
+    """Create ``.<name>.<random>.tmp`` beside ``path``; returns ``(descriptor, temporary path)``.
+
+    Not :func:`tempfile.mkstemp`: it creates mode 0600 whatever the umask, so every output would
+    be private. ``os.open`` with mode 0666 lets the kernel apply the umask (and default ACLs)
+    as for any new file, without reading the process-wide umask; ``O_EXCL`` never opens an
+    existing file or follows a planted link.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name for {path} after 100 tries")
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", fsync: bool = False, **open_kwargs) -> Iterator[IO]:
     """``with atomic_write(path, "wb") as fh: ...``: ``path`` appears, complete, when the block ends
     without an exception; otherwise it is untouched. ``fsync`` forces the data to disk first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, mode, **open_kwargs) as fh:
             yield fh

@@ -17,7 +17,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from data.io import IMAGE_EXTENSIONS, DataError, read_image
@@ -145,8 +144,12 @@ class NamePattern:
 
 
 # ------------------------------------------------------------------ listing and pairing
-def list_images(folder: Path, report: Report) -> list[Path]:
-    """Image files in ``folder`` sorted by name; other visible files go to ``report.ignored``."""
+def list_image_files(folder: Path, report: Report) -> list[Path]:
+    """Image files in ``folder`` sorted by name; other visible files go to ``report.ignored``.
+
+    Unlike :func:`data.io.list_images` (a folder a run reads) an empty result is no error and
+    names are not checked for clashes: the report collects what preparation finds.
+    """
     if not folder.is_dir():
         raise PrepareError(f"folder {folder} does not exist; check --src and the folder options")
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -182,8 +185,8 @@ def _classify(files: list[Path], side: str, pattern: NamePattern, shared: bool,
 def pair_folders(rain_dir: Path, clean_dir: Path, pattern: NamePattern, report: Report) -> list[Pair]:
     """Pairs of ``rain_dir`` x ``clean_dir`` (may be the same folder) related by ``pattern``."""
     shared = rain_dir.resolve() == clean_dir.resolve()
-    rain_files = list_images(rain_dir, report)
-    clean_files = rain_files if shared else list_images(clean_dir, report)
+    rain_files = list_image_files(rain_dir, report)
+    clean_files = rain_files if shared else list_image_files(clean_dir, report)
     rainy = _classify(rain_files, "rainy", pattern, shared, report)
     clean = _classify(clean_files, "clean", pattern, shared, report)
     pairs, used = [], set()
@@ -211,23 +214,22 @@ def unique_names(pairs: list[Pair], report: Report) -> list[Pair]:
 
 def inputs_only(rain_dir: Path, report: Report) -> list[Pair]:
     """Every image of ``rain_dir`` as a pair without a target (real rain)."""
-    return unique_names([Pair(p.stem, p, None) for p in list_images(rain_dir, report)], report)
+    return unique_names([Pair(p.stem, p, None) for p in list_image_files(rain_dir, report)], report)
 
 
 def pair_side_by_side(folder: Path, input_side: str, report: Report) -> list[Pair]:
     """Every image of ``folder`` as a pair of its halves; ``input_side`` ('left'/'right') is the rainy one."""
-    pairs = [Pair(p.stem, p, p, input_side) for p in list_images(folder, report)]
+    pairs = [Pair(p.stem, p, p, input_side) for p in list_image_files(folder, report)]
     return unique_names(pairs, report)
 
 
 # ------------------------------------------------------------------ checking
 def decode(path: Path) -> np.ndarray | None:
-    """Pixels as OpenCV stores them (BGR, any depth), or None when the file cannot be decoded."""
-    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if arr is not None and arr.size:
-        return arr
+    """RGB ``uint8`` pixels in OpenCV's BGR order (for ``cv2.imencode``), or None when
+    :func:`data.io.read_image` cannot read the file; what the project's reader sees is what is
+    checked and cut into halves."""
     try:
-        return np.ascontiguousarray(read_image(path)[..., ::-1])  # PIL fallback; RGB -> BGR
+        return np.ascontiguousarray(read_image(path)[..., ::-1])  # RGB -> BGR
     except DataError:
         return None
 
@@ -257,3 +259,4 @@ def verify(pairs: list[Pair], report: Report) -> list[Pair]:
         else:
             good.append(pair)
     return good
+

@@ -48,7 +48,7 @@ from data.pairing import (
     Report,
     decode,
     inputs_only,
-    list_images,
+    list_image_files,
     pair_folders,
     pair_side_by_side,
     verify,
@@ -143,7 +143,7 @@ def place(job: Job, mode: str) -> None:
 def check_output(out_split: Path, report: Report) -> None:
     """Every output stem must appear once in ``input/`` and once in ``target/`` (if present)."""
     folders = [out_split / s for s in ("input", "target") if (out_split / s).is_dir()]
-    stems = [[p.stem for p in list_images(f, Report(""))] for f in folders]
+    stems = [[p.stem for p in list_image_files(f, Report(""))] for f in folders]
     for folder, own in zip(folders, stems):
         report.unpaired_output += [f"{folder / s}.*: more than one file with this stem" for s in sorted(set(own))
                                    if own.count(s) > 1]

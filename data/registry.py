@@ -18,7 +18,9 @@ from data.io import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
-DEMO_WEIGHTS = "vlifnet_demo.pth"  # the committed demo model (pretrained_models/)
+PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "pretrained_models"  # default --weights_dir
+DEMO_WEIGHTS = PRETRAINED_DIR / "vlifnet_demo.pth"  # the committed demo model (pretrained_models/README.md)
+
 
 class BenchmarkError(ValueError):
     """Bad benchmark arguments; the message names the problem and the fix."""
@@ -46,8 +48,8 @@ DATASETS: dict[str, BenchmarkSet] = {s.name: s for s in (
     BenchmarkSet("RW_Rain", "Rain200H.pth", False,
                  "real rain, no targets (outputs only): the heavy-rain model, which removes the "
                  "most streaks; a choice of this project (overridable)"),
-    BenchmarkSet("synth-light", DEMO_WEIGHTS, True, "synthetic stand-in: the demo model", synthetic=True),
-    BenchmarkSet("synth-heavy", DEMO_WEIGHTS, True, "synthetic stand-in: the demo model", synthetic=True),
+    BenchmarkSet("synth-light", DEMO_WEIGHTS.name, True, "synthetic stand-in: the demo model", synthetic=True),
+    BenchmarkSet("synth-heavy", DEMO_WEIGHTS.name, True, "synthetic stand-in: the demo model", synthetic=True),
 )}
 
 

@@ -12,9 +12,8 @@ import torch.nn as nn
 
 from .base import SpikingRestorationNet
 from .layers import conv1x1, conv3x3, mda, tdbn, upsample_seq
-from .neurons import lif
+from .neurons import LIF_THRESHOLD, lif
 
-LIF_TH = 0.15
 
 
 class SRB(nn.Module):
@@ -23,10 +22,10 @@ class SRB(nn.Module):
     def __init__(self, dim: int, T: int = 4):
         super().__init__()
         self.residual = nn.Sequential(
-            lif(), conv3x3(dim, dim), tdbn(dim, LIF_TH),
-            lif(), conv3x3(dim, dim), tdbn(dim, LIF_TH * 0.2),
+            lif(), conv3x3(dim, dim), tdbn(dim, LIF_THRESHOLD),
+            lif(), conv3x3(dim, dim), tdbn(dim, LIF_THRESHOLD * 0.2),
         )
-        self.shortcut = nn.Sequential(conv3x3(dim, dim), tdbn(dim, LIF_TH))
+        self.shortcut = nn.Sequential(conv3x3(dim, dim), tdbn(dim, LIF_THRESHOLD))
         self.attn = mda(dim, T)
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
@@ -38,7 +37,7 @@ class Down(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        self.maxpool_conv = nn.Sequential(lif(), conv3x3(dim, dim * 2, stride=2), tdbn(dim * 2, LIF_TH))
+        self.maxpool_conv = nn.Sequential(lif(), conv3x3(dim, dim * 2, stride=2), tdbn(dim * 2, LIF_THRESHOLD))
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         return self.maxpool_conv(x_seq)
@@ -49,7 +48,7 @@ class Up(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        self.up = nn.Sequential(lif(), conv3x3(dim, dim // 2), tdbn(dim // 2, LIF_TH))
+        self.up = nn.Sequential(lif(), conv3x3(dim, dim // 2), tdbn(dim // 2, LIF_THRESHOLD))
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         return self.up(upsample_seq(x_seq, 2))
@@ -109,7 +108,7 @@ class ESDNet(SpikingRestorationNet):
         self.encoder_level3 = srbs(en_num_blocks[2], dim * 4)
         self.decoder_level3 = srbs(de_num_blocks[2], dim * 4)
         self.up3_2 = Up(dim * 4)
-        self.reduce_chan_level2 = nn.Sequential(lif(), conv1x1(dim * 4, dim * 2), tdbn(dim * 2, LIF_TH))
+        self.reduce_chan_level2 = nn.Sequential(lif(), conv1x1(dim * 4, dim * 2), tdbn(dim * 2, LIF_THRESHOLD))
         self.decoder_level2 = srbs(de_num_blocks[1], dim * 2)
         self.up2_1 = Up(dim * 2)
         self.decoder_level1 = srbs(de_num_blocks[0], dim * 2)

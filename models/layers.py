@@ -12,6 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from spikingjelly.activation_based import layer
 
+from .neurons import LIF_THRESHOLD
+
 TDBN_ALPHA = 1 / math.sqrt(2)
 
 
@@ -25,7 +27,7 @@ def conv1x1(in_ch: int, out_ch: int) -> layer.Conv2d:
     return layer.Conv2d(in_ch, out_ch, 1, bias=False, step_mode="m")
 
 
-def tdbn(channels: int, v_th: float = 0.15) -> layer.ThresholdDependentBatchNorm2d:
+def tdbn(channels: int, v_th: float = LIF_THRESHOLD) -> layer.ThresholdDependentBatchNorm2d:
     """tdBN: BatchNorm2d over ``T*B`` with weight initialised to ``alpha * v_th``."""
     return layer.ThresholdDependentBatchNorm2d(alpha=TDBN_ALPHA, v_th=v_th, num_features=channels)
 

@@ -1,25 +1,29 @@
-"""Spiking neurons of VLIFNet and ESDNet (SPEC section 1).
+"""Spiking neurons of VLIFNet and ESDNet (SPEC section 1), built by name from :data:`NEURONS`.
 
-- ``lif``: spikingjelly's LIFNode with the released hyper-parameters (binary spikes).
-- ``NILIF``: normalised integer LIF, multi-level spikes in {0, 1/4, ..., 1}.
-- ``VLIF``: visual LIF; NI-LIF walked over the r*r sub-pixels of every time step
-  (patch-to-time), resized back and mixed by a 1x1 ``channel_adjust`` convolution.
+- ``lif`` (:class:`LIF`): spikingjelly's LIFNode with the released hyper-parameters (binary spikes).
+- ``nilif`` (:class:`NILIF`): normalised integer LIF, multi-level spikes in {0, 1/4, ..., 1}.
+- ``vlif`` (:class:`VLIF`): visual LIF; NI-LIF walked over the r*r sub-pixels of every time
+  step (patch-to-time), resized back and mixed by a 1x1 ``channel_adjust`` convolution.
 
 All neurons are multi-step: they take ``x_seq`` ``[T, B, C, H, W]``. NI-LIF and VLIF keep
 no state between calls; the LIF state is cleared by the network at every forward.
 
-Two implementations compute the same thing (:func:`set_neuron_impl`):
+Two implementations compute the same thing; each neuron module carries its own choice in
+``impl`` (and ``kernel_backend``), set for a whole network by :func:`set_neuron_impl` or,
+for a block of code, :func:`neuron_impl`:
 - ``reference``: the plain code in this file (and spikingjelly's LIF), pinned by the golden
   vectors;
 - ``fast`` (default): the kernels of :mod:`models.kernels` - identical spikes and outputs,
   gradients equal to float rounding, less memory; small C kernels built on first use
   (in-place PyTorch loops where no C compiler works, and on CUDA).
-The switch is global and changes no module or state-dict key, so it can be flipped at any
-time, also on a built or loaded network.
+The choice changes no parameter, buffer or state-dict key. Where a fast kernel does not
+cover a call (LIF on CUDA or in bfloat16, say), the neuron runs the reference code and says
+so once in the log.
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Iterator
 
 import torch
@@ -30,66 +34,64 @@ from spikingjelly.activation_based import neuron, surrogate
 from . import kernels
 from .kernels.common import NILIF_DECAY, NILIF_LEVELS, patch_to_time, time_to_patch
 
-LIF_THRESHOLD = 0.15
+log = logging.getLogger(__name__)
 
+LIF_THRESHOLD = 0.15  # the released LIF threshold; tdBN normalises to it as well (SPEC 1.1)
 NEURON_IMPLS = ("reference", "fast")
-_neuron_impl = "fast"
+_fallbacks_logged: set[str] = set()
 
 
-def set_neuron_impl(name: str) -> str:
-    """Select the neuron implementation for every network: ``reference`` or ``fast``.
+def _log_fallback_once(reason: str) -> None:
+    if reason not in _fallbacks_logged:
+        _fallbacks_logged.add(reason)
+        log.info("fast LIF kernel not used for %s: running spikingjelly's LIF (same results)", reason)
 
-    Returns the previous choice. Global and stateless: no keys, parameters or buffers change.
+
+class _Switchable:
+    """The implementation choice a neuron module carries (see the module docstring)."""
+
+    impl: str = "fast"
+    kernel_backend: str = "auto"
+
+
+class LIF(_Switchable, neuron.LIFNode):
+    """spikingjelly's LIFNode; with ``impl == "fast"`` its multi-step CPU float32 forward runs
+    :func:`models.kernels.lif_multi_step` (same spikes and membranes, bit for bit).
+
+    The kernel covers the released configuration that :meth:`released` builds (tau 2, no
+    input decay, hard reset to 0 not detached, sigmoid surrogate), from a freshly reset or
+    gradient-free state. CUDA (where spikingjelly runs its own fused kernel), other dtypes
+    and other configurations run spikingjelly's code; the first such call is logged.
     """
-    global _neuron_impl
-    if name not in NEURON_IMPLS:
-        raise ValueError(f"unknown neuron implementation {name!r}; choose one of {', '.join(NEURON_IMPLS)}")
-    previous, _neuron_impl = _neuron_impl, name
-    return previous
 
+    @classmethod
+    def released(cls, v_threshold: float = LIF_THRESHOLD) -> LIF:
+        """The released LIF: tau 2, no input decay, hard reset to 0, sigmoid surrogate (alpha 4)."""
+        return cls(tau=2.0, decay_input=False, v_threshold=v_threshold, v_reset=0.0,
+                   surrogate_function=surrogate.Sigmoid(alpha=4.0), detach_reset=False, step_mode="m")
 
-def get_neuron_impl() -> str:
-    """The implementation in use, ``reference`` or ``fast``."""
-    return _neuron_impl
+    @classmethod
+    def build(cls, channels: int, r: int) -> LIF:
+        """The neuron for a layer of ``channels`` channels (LIF needs neither argument)."""
+        return cls.released()
 
-
-@contextlib.contextmanager
-def neuron_impl(name: str) -> Iterator[None]:
-    """``with neuron_impl("reference"): ...`` runs the block with that implementation."""
-    previous = set_neuron_impl(name)
-    try:
-        yield
-    finally:
-        set_neuron_impl(previous)
-
-
-class LIF(neuron.LIFNode):
-    """spikingjelly's LIFNode; under the ``fast`` implementation its multi-step CPU forward
-    runs :func:`models.kernels.lif_multi_step` (same spikes and membranes, bit for bit).
-
-    The fast kernel covers this project's configuration (tau 2, no input decay, hard reset to
-    0 not detached, sigmoid surrogate, float32) from a freshly reset or gradient-free state;
-    anything else, and CUDA (where spikingjelly already runs a fused kernel), goes to
-    spikingjelly.
-    """
+    def _kernel_fits(self) -> bool:
+        return (self.tau == 2.0 and not self.decay_input and self.v_reset == 0.0 and not self.detach_reset
+                and not self.store_v_seq and type(self.surrogate_function) is surrogate.Sigmoid
+                and self.surrogate_function.spiking)
 
     def _fast_ok(self, x_seq: torch.Tensor) -> bool:
+        if self.impl != "fast":
+            return False
         v = self.v
-        fresh = isinstance(v, float) or not (torch.is_grad_enabled() and v.requires_grad)
-        return (
-            _neuron_impl == "fast"
-            and fresh
-            and x_seq.device.type == "cpu"
-            and x_seq.dtype == torch.float32
-            and self.tau == 2.0
-            and not self.decay_input
-            and self.v_reset == 0.0
-            and not self.detach_reset
-            and not self.store_v_seq
-            and self._neuron_precision is None
-            and type(self.surrogate_function) is surrogate.Sigmoid
-            and self.surrogate_function.spiking
-        )
+        if not (isinstance(v, float) or not (torch.is_grad_enabled() and v.requires_grad)):
+            return False  # a membrane that carries gradient from an earlier call: autograd must see it
+        reason = ("CUDA" if x_seq.device.type != "cpu" else None) or (
+            str(x_seq.dtype) if x_seq.dtype != torch.float32 else None) or (
+            None if self._kernel_fits() else "a non-released LIF configuration")
+        if reason is not None:
+            _log_fallback_once(reason)
+        return reason is None
 
     def multi_step_forward(self, x_seq: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if args or kwargs or not self._fast_ok(x_seq):
@@ -97,24 +99,15 @@ class LIF(neuron.LIFNode):
         v0 = self.v
         if isinstance(v0, float) or v0.shape != x_seq.shape[1:]:
             v0 = torch.full_like(x_seq[0], float(v0) if isinstance(v0, float) else self.v_reset)
-        spikes, v = kernels.lif_multi_step(
-            x_seq, v0, self.tau, float(self.v_threshold), float(self.surrogate_function.alpha)
-        )
+        spikes, v = kernels.lif_multi_step(x_seq, v0, self.tau, float(self.v_threshold),
+                                           float(self.surrogate_function.alpha), self.kernel_backend)
         self.v = v
         return spikes
 
 
 def lif(v_threshold: float = LIF_THRESHOLD) -> LIF:
-    """The released LIF: tau 2, no input decay, hard reset to 0, sigmoid surrogate (alpha 4)."""
-    return LIF(
-        tau=2.0,
-        decay_input=False,
-        v_threshold=v_threshold,
-        v_reset=0.0,
-        surrogate_function=surrogate.Sigmoid(alpha=4.0),
-        detach_reset=False,
-        step_mode="m",
-    )
+    """The released LIF (:meth:`LIF.released`)."""
+    return LIF.released(v_threshold)
 
 
 class QuantizeSpike(torch.autograd.Function):
@@ -153,21 +146,21 @@ def ni_lif_reference(x_seq: torch.Tensor) -> torch.Tensor:
     return torch.stack(spikes)
 
 
-def ni_lif(x_seq: torch.Tensor) -> torch.Tensor:
-    """NI-LIF over the first axis of ``x_seq`` ``[L, ...]`` with the selected implementation."""
-    if _neuron_impl == "fast":
-        return kernels.ni_lif(x_seq)
-    return ni_lif_reference(x_seq)
-
-
-class NILIF(nn.Module):
+class NILIF(_Switchable, nn.Module):
     """Multi-step NI-LIF layer (no parameters, no state between calls)."""
 
+    @classmethod
+    def build(cls, channels: int, r: int) -> NILIF:
+        """The neuron for a layer of ``channels`` channels (NI-LIF needs neither argument)."""
+        return cls()
+
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-        return ni_lif(x_seq)
+        if self.impl == "fast":
+            return kernels.ni_lif(x_seq, self.kernel_backend)
+        return ni_lif_reference(x_seq)
 
 
-class VLIF(nn.Module):
+class VLIF(_Switchable, nn.Module):
     """Visual LIF (SPEC 1.3): real-valued output ``[T, B, C, H, W]`` for input of the same shape."""
 
     def __init__(self, channels: int, r: int = 2):
@@ -176,11 +169,16 @@ class VLIF(nn.Module):
         self.node = NILIF()
         self.channel_adjust = nn.Conv2d(channels * r * r, channels, 1, bias=False)
 
+    @classmethod
+    def build(cls, channels: int, r: int) -> VLIF:
+        """The neuron for a layer of ``channels`` channels with patch factor ``r``."""
+        return cls(channels, r)
+
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         T, B, C, H, W = x_seq.shape
-        if _neuron_impl == "fast":
-            y = kernels.vlif_spikes(x_seq, self.r)  # [T*B, C*r*r, H/r, W/r], one fused kernel
-            y = kernels.upsample_spikes(y, (H, W))  # exact: spikes are multiples of 1/4
+        if self.impl == "fast":
+            y = kernels.vlif_spikes(x_seq, self.r, self.kernel_backend)  # [T*B, C*r*r, H/r, W/r], one kernel
+            y = kernels.upsample_spikes(y, (H, W), self.kernel_backend)  # exact: spikes are multiples of 1/4
         else:
             spikes = self.node(patch_to_time(x_seq, self.r))  # [T*r*r, B, C, H/r, W/r]
             y = time_to_patch(spikes, T, self.r)  # [T*B, C*r*r, H/r, W/r]
@@ -188,15 +186,38 @@ class VLIF(nn.Module):
         return self.channel_adjust(y).view(T, B, C, H, W)
 
 
-SDEM_NEURONS = ("vlif", "lif", "nilif")
+NEURONS: dict[str, type[nn.Module]] = {"vlif": VLIF, "lif": LIF, "nilif": NILIF}
 
 
-def sdem_neuron(kind: str, channels: int, r: int) -> nn.Module:
-    """The neuron of SDEM's second group: the paper's VLIF, or LIF / NI-LIF for ablations."""
-    if kind == "vlif":
-        return VLIF(channels, r)
-    if kind == "lif":
-        return lif()
-    if kind == "nilif":
-        return NILIF()
-    raise ValueError(f"unknown SDEM neuron {kind!r}; choose one of {', '.join(SDEM_NEURONS)}")
+def build_neuron(name: str, channels: int, r: int) -> nn.Module:
+    """The neuron ``name`` (a key of :data:`NEURONS`) for a layer of ``channels`` channels;
+    ``r`` is VLIF's patch factor. SDEM's second group takes the paper's VLIF, or LIF / NI-LIF
+    for ablations."""
+    if name not in NEURONS:
+        raise ValueError(f"unknown neuron {name!r}; choose one of {', '.join(NEURONS)}")
+    return NEURONS[name].build(channels, r)
+
+
+def set_neuron_impl(module: nn.Module, impl: str, kernel_backend: str = "auto") -> nn.Module:
+    """Run every neuron in ``module`` with ``impl`` (``reference`` or ``fast``) and, for ``fast``,
+    the kernel backend ``auto`` / ``native`` / ``torch``; returns ``module``."""
+    if impl not in NEURON_IMPLS:
+        raise ValueError(f"unknown neuron implementation {impl!r}; choose one of {', '.join(NEURON_IMPLS)}")
+    kernels.check_backend(kernel_backend)
+    for m in module.modules():
+        if isinstance(m, _Switchable):
+            m.impl, m.kernel_backend = impl, kernel_backend
+    return module
+
+
+@contextlib.contextmanager
+def neuron_impl(module: nn.Module, impl: str, kernel_backend: str = "auto") -> Iterator[nn.Module]:
+    """``with neuron_impl(net, "reference"): ...`` runs the block with that implementation and
+    restores every neuron's previous choice afterwards."""
+    before = [(m, m.impl, m.kernel_backend) for m in module.modules() if isinstance(m, _Switchable)]
+    set_neuron_impl(module, impl, kernel_backend)
+    try:
+        yield module
+    finally:
+        for m, impl_before, backend_before in before:
+            m.impl, m.kernel_backend = impl_before, backend_before

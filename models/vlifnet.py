@@ -12,9 +12,8 @@ import torch.nn as nn
 
 from .base import SpikingRestorationNet
 from .layers import TimeAttention, conv1x1, conv3x3, mda, tdbn, upsample_seq
-from .neurons import NILIF, lif, patch_to_time, sdem_neuron
+from .neurons import LIF_THRESHOLD, NILIF, build_neuron, lif, patch_to_time
 
-LIF_TH = 0.15
 
 
 class SDEM(nn.Module):
@@ -33,11 +32,11 @@ class SDEM(nn.Module):
         self.low_freq_scale_2 = nn.Parameter(torch.ones(1))
         self.lif_1 = lif()
         self.conv1 = conv3x3(dim, dim)
-        self.bn1 = tdbn(dim, LIF_TH)
-        self.lif_2 = sdem_neuron(neuron, dim, r)
+        self.bn1 = tdbn(dim, LIF_THRESHOLD)
+        self.lif_2 = build_neuron(neuron, dim, r)
         self.conv2 = conv3x3(dim, dim)
-        self.bn2 = tdbn(dim, LIF_TH * 0.2)
-        self.shortcut = nn.Sequential(conv3x3(dim, dim), tdbn(dim, LIF_TH))
+        self.bn2 = tdbn(dim, LIF_THRESHOLD * 0.2)
+        self.shortcut = nn.Sequential(conv3x3(dim, dim), tdbn(dim, LIF_THRESHOLD))
         self.attn = mda(dim, T)
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
@@ -71,11 +70,11 @@ class SMU(nn.Module):
         )
         self.lif_1 = lif()
         self.conv_1 = conv3x3(dim, dim)
-        self.bn_1 = tdbn(dim, LIF_TH)
+        self.bn_1 = tdbn(dim, LIF_THRESHOLD)
         self.attn_1 = mda(dim, T)
         self.lif_2 = lif()
         self.conv_2 = conv3x3(dim, dim)
-        self.bn_2 = tdbn(dim, LIF_TH)
+        self.bn_2 = tdbn(dim, LIF_THRESHOLD)
         self.attn_2 = mda(dim, T)
         self.final_attn = mda(dim, T)
 
@@ -98,7 +97,7 @@ class DownSampling(nn.Module):
         super().__init__()
         self.lif = lif()
         self.conv = conv3x3(dim, dim * 2, stride=2)
-        self.bn = tdbn(dim * 2, LIF_TH)
+        self.bn = tdbn(dim * 2, LIF_THRESHOLD)
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         return self.bn(self.conv(self.lif(x_seq)))
@@ -111,7 +110,7 @@ class UpSampling(nn.Module):
         super().__init__()
         self.lif = lif()
         self.conv = conv3x3(dim, dim // 2)
-        self.bn = tdbn(dim // 2, LIF_TH)
+        self.bn = tdbn(dim // 2, LIF_THRESHOLD)
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         return self.bn(self.conv(self.lif(upsample_seq(x_seq, 2))))
@@ -157,12 +156,12 @@ class VLIFNet(SpikingRestorationNet):
         self.up3_2 = UpSampling(dim * 4)
         self.lif_level2 = lif()
         self.reduce_conv_level2 = conv1x1(dim * 4, dim * 2)
-        self.reduce_bn_level2 = tdbn(dim * 2, LIF_TH)
+        self.reduce_bn_level2 = tdbn(dim * 2, LIF_THRESHOLD)
         self.decoder_level2 = sdems(de_num_blocks[1], dim * 2)
         self.up2_1 = UpSampling(dim * 2)
         self.lif_level1 = lif()
         self.reduce_conv_level1 = conv1x1(dim * 2, dim)
-        self.reduce_bn_level1 = tdbn(dim, LIF_TH)
+        self.reduce_bn_level1 = tdbn(dim, LIF_THRESHOLD)
         self.decoder_level1 = SMU(dim, T, r, neuron)
         self.additional_sunet_level1 = SMU(dim, T, r, neuron)
         if use_refinement:

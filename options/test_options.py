@@ -7,33 +7,48 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from data.registry import DATASETS, parse_weights_map
+from data.registry import DATASETS, DEMO_WEIGHTS, PRETRAINED_DIR, parse_weights_map
 from utils.metrics import PROTOCOLS
 
 from .common import add_inference_args, add_network_args
 
-DEMO_WEIGHTS = Path(__file__).resolve().parents[1] / "pretrained_models" / "vlifnet_demo.pth"
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: X)`` once: not when the help already states its default (by hand or,
+    for ``BooleanOptionalAction``, by argparse itself), and not for ``None``, whose meaning the
+    help text says in words."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or "(default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``test.py`` parser."""
     p = argparse.ArgumentParser(
-        prog="test.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="test.py", formatter_class=DefaultsHelpFormatter,
         description="Derain a folder of images and score it (PSNR/SSIM in three conventions, SPEC 7). "
                     "Without arguments: the demo on synthetic rain with the committed demo weights.",
     )
     io = p.add_argument_group("input and output")
     io.add_argument("--data_path", type=Path, default=None,
-                    help="folder of rainy images (with --metrics_only: the folder of results to score)")
-    io.add_argument("--target_path", type=Path, default=None, help="folder of clean images, paired by name")
-    io.add_argument("--weights", type=Path, default=None, help="checkpoint (released .pth or this project's)")
+                    help="folder of rainy images (with --metrics_only: the folder of results to score); "
+                         "required unless --demo or --benchmark")
+    io.add_argument("--target_path", type=Path, default=None,
+                    help="folder of clean images, paired by name (default: none, the results are not scored)")
+    io.add_argument("--weights", type=Path, default=None,
+                    help="checkpoint (released .pth or this project's); required to derain "
+                         f"(default: none; the demo uses {DEMO_WEIGHTS.relative_to(PRETRAINED_DIR.parent)})")
     io.add_argument("--save_path", type=Path, default=None,
                     help="where the PNGs and metrics.{csv,json} go (default: results/<weights name>; "
                          "with --metrics_only: the --data_path folder)")
     io.add_argument("--metrics_only", action=argparse.BooleanOptionalAction, default=False,
                     help="only score the images in --data_path against --target_path (no network)")
     io.add_argument("--demo", action=argparse.BooleanOptionalAction, default=False,
-                    help="derain the synthetic demo test set with the demo weights (default when no argument is given)")
+                    help="derain the synthetic demo test set with the demo weights "
+                         "(what test.py does without arguments)")
     io.add_argument("--score_input", action=argparse.BooleanOptionalAction, default=False,
                     help="also score the rainy inputs against the targets, for comparison")
     io.add_argument("--protocols", nargs="+", choices=PROTOCOLS, default=list(PROTOCOLS),
@@ -41,13 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench = p.add_argument_group("benchmarks (docs/benchmarks.md)")
     bench.add_argument("--benchmark", action=argparse.BooleanOptionalAction, default=False,
                        help="evaluate every dataset present under --data_root with its released weights and "
-                            "write results.md (paper layout) to --save_path (default results/benchmark)")
+                            "write results.md (paper layout) to --save_path, results/benchmark unless given")
     bench.add_argument("--data_root", type=Path, default=None,
-                       help="folder holding <name>/test/{input,target} (made by python -m data.prepare)")
-    bench.add_argument("--weights_dir", type=Path, default=DEMO_WEIGHTS.parent,
+                       help="folder holding <name>/test/{input,target} (made by python -m data.prepare); "
+                            "required with --benchmark")
+    bench.add_argument("--weights_dir", type=Path, default=PRETRAINED_DIR,
                        help="folder holding the released weights (Rain200L.pth, Rain200H.pth, Rain1200.pth)")
     bench.add_argument("--weights_map", type=parse_weights_map, default=None,
-                       help="override the dataset -> weights mapping, e.g. Rain12=Rain200H.pth,RW_Rain=Rain1200.pth")
+                       help="override the dataset -> weights mapping, e.g. Rain12=Rain200H.pth,RW_Rain=Rain1200.pth "
+                            "(default: none, the mapping of docs/benchmarks.md)")
     bench.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=None,
                        help="evaluate only these datasets (default: every one present)")
     p.add_argument("--energy", action=argparse.BooleanOptionalAction, default=False,

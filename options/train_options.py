@@ -6,12 +6,14 @@ checkpoint, flags given on the command line.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
 from utils.metrics import PROTOCOLS
 
-from .common import add_inference_args, add_network_args, non_negative_int, positive_int
+from .common import (DE_NUM_BLOCKS, EN_NUM_BLOCKS, HelpFormatter, add_inference_args, add_network_args,
+                     check_network_args, full_block_counts, non_negative_int, positive_int)
 from .presets import PRESETS
 
 # Per-invocation flags that a resumed run does not inherit from the checkpoint.
@@ -32,29 +34,35 @@ def resume_path(text: str) -> Path | str:
     return AUTO if text == AUTO else Path(text)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full ``train.py`` parser with the released defaults."""
-    p = argparse.ArgumentParser(
-        prog="train.py",
-        description="Train VLIFNet/ESDNet on paired rainy/clean folders (released recipe).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="dataset preset (paths, refinement flag; 'demo' = tiny net on synthetic rain)")
+def default_num_workers() -> int:
+    """4 data-loader workers, or as many as the CPUs this process may use if fewer (more make
+    torch warn and only compete for the cores)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(4, cpus)
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    """Training and validation folders, crops, batches, loader workers."""
     d = p.add_argument_group("data")
-    d.add_argument("--train_dir", type=Path, default=None, help="folder holding input/ and target/")
+    d.add_argument("--train_dir", type=Path, default=None,
+                   help="folder holding input/ and target/ (required unless --preset gives it)")
     d.add_argument("--val_dir", type=Path, default=None,
-                   help="validation folder (input/, target/); none = no validation")
+                   help="validation folder (input/, target/); not given = no validation")
     d.add_argument("--patch_size_train", type=positive_int, default=64, help="side of the random training crop")
     d.add_argument("--batch_size", type=positive_int, default=12,
                    help="training batch size per process (with torchrun the global batch is N times this)")
-    d.add_argument("--num_workers", type=non_negative_int, default=4, help="data-loader worker processes")
+    d.add_argument("--num_workers", type=non_negative_int, default=default_num_workers(),
+                   help=f"data-loader worker processes (default: 4, or the CPUs available if fewer: "
+                        f"{default_num_workers()} here)")
     d.add_argument("--flips", action=argparse.BooleanOptionalAction, default=False,
                    help="random horizontal/vertical flips (not in the released recipe)")
     d.add_argument("--val_crop", type=non_negative_int, default=0,
                    help="validate on one fixed random crop of this side per image (the release used 64); "
                         "0 = full images")
-    add_network_args(p)
+
+
+def add_optimisation_args(p: argparse.ArgumentParser) -> None:
+    """Epochs, the optimiser and its schedule, the loss, EMA, precision and the step's safeguards."""
     o = p.add_argument_group("optimisation")
     o.add_argument("--num_epochs", type=positive_int, default=1000, help="epochs (one crop per image each)")
     o.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate")
@@ -75,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a NaN/inf loss skips its step with a warning; this many in a row stop the run")
     o.add_argument("--sync_bn", action=argparse.BooleanOptionalAction, default=False,
                    help="with torchrun: tdBN statistics over the batches of all processes")
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """Seed, output folder, validation and saving cadence, resuming and fine-tuning, logs."""
     r = p.add_argument_group("run")
     r.add_argument("--seed", type=int, default=1234, help="seed of the weights, crops and shuffling")
     r.add_argument("--model_save_dir", type=Path, default=Path("checkpoints/run"),
@@ -85,15 +97,31 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--save_every", type=non_negative_int, default=0,
                    help="also keep epoch_<n>.pth every this many epochs; 0 = only last and best")
     r.add_argument("--max_steps", type=positive_int, default=None,
-                   help="stop after this many optimiser steps in total (short runs; resumable)")
+                   help="stop after this many optimiser steps in total (short runs; resumable); "
+                        "not given = run all epochs")
     r.add_argument("--resume", type=resume_path, default=None,
-                   help="continue a run from its checkpoint (weights, optimiser, schedule, RNG, args); 'auto' = "
-                        "the newest readable checkpoint in --model_save_dir, or a new run if there is none")
+                   help="continue a run from its checkpoint (weights, optimiser, schedule, RNG, args), e.g. "
+                        "last.pth; 'auto' = the newest resumable checkpoint in --model_save_dir, or a new run if "
+                        "there is none; not given = a new run")
     r.add_argument("--weights", type=Path, default=None,
-                   help="start from these weights (fine-tuning); network read from the file")
+                   help="start from these weights (fine-tuning; any checkpoint, best.pth included); network read "
+                        "from the file; not given = random initialisation")
     r.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
                    help="write TensorBoard logs to <model_save_dir>/tb")
     r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``train.py`` parser with the released defaults."""
+    p = argparse.ArgumentParser(prog="train.py", formatter_class=HelpFormatter,
+                                description="Train VLIFNet/ESDNet on paired rainy/clean folders (released recipe).")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="dataset preset (paths, refinement flag; 'demo' = tiny net on synthetic rain); "
+                        "not given = the released recipe as is")
+    add_data_args(p)
+    add_network_args(p)
+    add_optimisation_args(p)
+    add_run_args(p)
     add_inference_args(p)
     return p
 
@@ -125,6 +153,9 @@ def parse_train_args(argv: Sequence[str] | None = None, saved: dict[str, Any] | 
                      "--resume auto --weights W starts from W unless the run folder has a checkpoint")
     if args.overlap_size >= args.crop_size > 0:
         parser.error(f"--overlap_size ({args.overlap_size}) must be smaller than --crop_size ({args.crop_size})")
+    check_network_args(parser, args)
+    args.en_num_blocks = full_block_counts(args.en_num_blocks, EN_NUM_BLOCKS)  # saved with the run as 4 numbers
+    args.de_num_blocks = full_block_counts(args.de_num_blocks, DE_NUM_BLOCKS)
     return args
 
 

@@ -14,7 +14,8 @@ import pytest
 from data.prepare import main as prepare_main
 from data.registry import DATASETS, BenchmarkError, find_datasets, parse_weights_map, resolve_weights
 from utils.benchmark import run_benchmark, write_results_md
-from utils.metrics import PROTOCOLS, compute_all
+from utils.evaluation import score
+from utils.metrics import PROTOCOLS
 
 HEADER = ("| Dataset | Weights | Images | PSNR matlab-y | SSIM matlab-y | PSNR esdnet-y | SSIM esdnet-y "
           "| PSNR rgb | SSIM rgb |")
@@ -209,7 +210,7 @@ def _identity_evaluate(input_dir: Path, target_dir: Path | None, weights: Path, 
         shutil.copyfile(path, save_dir / path.name)
         if target_dir is not None:
             read = lambda p: cv2.imread(str(p))[..., ::-1]  # BGR -> RGB
-            scores.append(compute_all(read(path), read(target_dir / path.name)))
+            scores.append(score(read(path), read(target_dir / path.name)))
     return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]} if scores else {}
 
 

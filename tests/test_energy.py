@@ -232,15 +232,37 @@ def test_cli_with_and_without_weights(tmp_path, tiny_config, capsys):
     assert main(["--weights", str(tmp_path / "missing.pth"), "--size", "8", "8"]) == 2
 
 
-def test_meter_runs_reference_neurons_and_restores_the_choice():
-    import models.neurons as neurons
+def _impls(net: nn.Module) -> dict[str, str]:
+    return {name: m.impl for name, m in net.named_modules() if hasattr(m, "impl")}
 
-    if not hasattr(neurons, "get_neuron_impl"):
-        pytest.skip("a single neuron implementation")
-    before = neurons.get_neuron_impl()
-    with EnergyMeter(nn.Sequential()):
-        assert neurons.get_neuron_impl() == "reference"  # the fast VLIF kernel skips its node
-    assert neurons.get_neuron_impl() == before
+
+def test_meter_runs_reference_vlif_only_and_restores_the_choice(tiny_config):
+    """The fast VLIF kernel skips its NI-LIF node, so the meter runs VLIF's reference code; LIF
+    and NI-LIF kernels run inside their own module call, whose hook sees the spikes."""
+    from models.neurons import LIF, VLIF
+
+    net = build_model("vlifnet", **tiny_config)
+    before = _impls(net)
+    assert set(before.values()) == {"fast"}
+    with EnergyMeter(net):
+        during = _impls(net)
+        for name, m in net.named_modules():
+            if isinstance(m, VLIF):
+                assert during[name] == during[name + ".node"] == "reference"
+            elif isinstance(m, LIF):
+                assert during[name] == "fast"
+    assert _impls(net) == before
+
+
+def test_fast_neurons_give_the_same_summary_as_reference(tiny_config):
+    from models.neurons import neuron_impl
+
+    net = build_model("vlifnet", **tiny_config).train()
+    x = torch.rand(1, 3, 16, 16)
+    fast = measure(net, x)
+    with neuron_impl(net, "reference"):
+        reference = measure(net, x)
+    assert fast == reference and fast["sops"] > 0
 
 
 def test_a_vlif_whose_node_never_runs_is_reported():

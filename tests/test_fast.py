@@ -1,5 +1,5 @@
 """The fast neuron kernels and fast inference against the reference (identical forward,
-gradients within 1e-5 relative), on CPU and, where present, CUDA."""
+gradients within 1e-5 relative), on CPU (tests/test_cuda.py has the CUDA ones)."""
 from __future__ import annotations
 
 import json
@@ -10,12 +10,13 @@ import torch
 
 from models import build_model, kernels
 from models.kernels import backend as kernel_backend, native
+from models import neurons
 from models.neurons import (
-    NEURON_IMPLS, VLIF, get_neuron_impl, lif, neuron_impl, ni_lif_reference, patch_to_time,
-    set_neuron_impl, time_to_patch,
+    LIF, NEURON_IMPLS, NILIF, VLIF, lif, neuron_impl, ni_lif_reference, patch_to_time, set_neuron_impl,
+    time_to_patch,
 )
 from utils.fuse import auto_tile_batch, find_conv_bn_pairs, fold_batchnorm, prepare_for_inference
-from utils.inference import tiled_forward
+from utils.inference import restore
 
 pytestmark = pytest.mark.exactness
 
@@ -29,9 +30,7 @@ def backend(request, monkeypatch):
     """Each kernel backend, with chunks small enough that the odd test sizes span several
     chunks and threads (the production chunk is far larger than these tensors)."""
     monkeypatch.setattr(kernel_backend, "CPU_CHUNK", 64)
-    previous = kernels.set_kernel_backend(request.param)
-    yield request.param
-    kernels.set_kernel_backend(previous)
+    return request.param
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -58,22 +57,22 @@ def test_nilif_identical_spikes_and_gradients(backend):
     x = _nilif_input()
     grad = torch.randn_like(x)
     y_ref, g_ref = _fwd_bwd(ni_lif_reference, x, grad)
-    y_fast, g_fast = _fwd_bwd(kernels.ni_lif, x, grad)
+    y_fast, g_fast = _fwd_bwd(lambda v: kernels.ni_lif(v, backend), x, grad)
     assert torch.equal(y_fast, y_ref)
     assert torch.equal(g_fast, g_ref)  # the recurrence sums the same two terms: bit-identical
     with torch.inference_mode():
-        assert torch.equal(kernels.ni_lif(x), y_ref)
+        assert torch.equal(kernels.ni_lif(x, backend), y_ref)
 
 
 def test_nilif_rounds_half_to_even(backend):
     x = torch.tensor([0.5, 1.5, 2.5, 3.5, 4.5, -0.5]).view(1, 6)
-    assert kernels.ni_lif(x).mul(4).tolist() == [[0.0, 2.0, 2.0, 4.0, 4.0, 0.0]]
+    assert kernels.ni_lif(x, backend).mul(4).tolist() == [[0.0, 2.0, 2.0, 4.0, 4.0, 0.0]]
 
 
 def test_nilif_nan_propagates_like_the_reference(backend):
     x = torch.randn(5, 70)
     x[0, 3] = float("nan")
-    torch.testing.assert_close(kernels.ni_lif(x), ni_lif_reference(x), rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(kernels.ni_lif(x, backend), ni_lif_reference(x), rtol=0, atol=0, equal_nan=True)
 
 
 @pytest.mark.parametrize("r", [2, 3])
@@ -82,11 +81,11 @@ def test_vlif_layer_identical(backend, r):
     layer = VLIF(3, r)
     x = torch.randn(4, 2, 3, 6 * r, 5 * r) * 2
     grad = torch.randn_like(x)
-    with neuron_impl("reference"):
+    with neuron_impl(layer, "reference"):
         y_ref, g_ref = _fwd_bwd(layer, x, grad)
         w_ref = layer.channel_adjust.weight.grad.clone()
     layer.zero_grad()
-    with neuron_impl("fast"):
+    with neuron_impl(layer, "fast", backend):
         y_fast, g_fast = _fwd_bwd(layer, x, grad)
         w_fast = layer.channel_adjust.weight.grad.clone()
         with torch.no_grad():
@@ -100,15 +99,14 @@ def test_vlif_spikes_match_reordered_reference(backend):
     grad = torch.randn(8, 12, 4, 5)
     ref = lambda v: time_to_patch(ni_lif_reference(patch_to_time(v, 2)), 4, 2)  # noqa: E731
     y_ref, g_ref = _fwd_bwd(ref, x, grad)
-    y_fast, g_fast = _fwd_bwd(lambda v: kernels.vlif_spikes(v, 2), x, grad)
+    y_fast, g_fast = _fwd_bwd(lambda v: kernels.vlif_spikes(v, 2, backend), x, grad)
     assert torch.equal(y_fast, y_ref) and torch.equal(g_fast, g_ref)
 
 
 # ------------------------------------------------------------------ LIF
-def _lif_run(impl: str, x: torch.Tensor, grad: torch.Tensor, v_th: float = 0.15):
-    node = lif(v_th)
-    with neuron_impl(impl):
-        y, g = _fwd_bwd(node, x, grad)
+def _lif_run(impl: str, x: torch.Tensor, grad: torch.Tensor, v_th: float, backend: str):
+    node = set_neuron_impl(lif(v_th), impl, backend)
+    y, g = _fwd_bwd(node, x, grad)
     return y, g, node.v
 
 
@@ -117,8 +115,8 @@ def test_lif_identical_spikes_membrane_and_close_gradients(backend, v_th):
     x = torch.randn(4, 2, 3, 9, 13) * 0.3
     x.view(-1)[:3] = v_th  # charged exactly at the threshold: fires
     grad = torch.randn_like(x)
-    y_ref, g_ref, v_ref = _lif_run("reference", x, grad, v_th)
-    y_fast, g_fast, v_fast = _lif_run("fast", x, grad, v_th)
+    y_ref, g_ref, v_ref = _lif_run("reference", x, grad, v_th, "auto")
+    y_fast, g_fast, v_fast = _lif_run("fast", x, grad, v_th, backend)
     assert torch.equal(y_fast, y_ref)
     assert torch.equal(v_fast, v_ref)
     assert _rel(g_fast, g_ref) <= 1e-5
@@ -129,8 +127,8 @@ def test_lif_state_carries_across_calls_without_grad(backend):
     x1, x2 = torch.randn(2, 4, 2, 3, 5, 7) * 0.3
     outs = {}
     for impl in NEURON_IMPLS:
-        node = lif()
-        with neuron_impl(impl), torch.no_grad():
+        node = set_neuron_impl(lif(), impl, backend)
+        with torch.no_grad():
             outs[impl] = (node(x1), node(x2), node.v)
     for a, b in zip(outs["reference"], outs["fast"]):
         assert torch.equal(a, b)
@@ -147,7 +145,7 @@ def test_network_fast_equals_reference(backend, tiny_config, name):
     for impl in NEURON_IMPLS:
         net.load_state_dict(state)
         net.zero_grad()
-        with neuron_impl(impl):
+        with neuron_impl(net, impl, backend):
             xr = x.clone().requires_grad_(True)
             out = net.train()(xr)
             (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
@@ -178,22 +176,41 @@ def test_golden_cases_fast_equals_reference_float32(file):
     net, ref = _golden_net(file)
     outs = {}
     for impl in NEURON_IMPLS:
-        with neuron_impl(impl), torch.no_grad():
+        with neuron_impl(net, impl), torch.no_grad():
             outs[impl] = net(ref["input"])
     assert torch.equal(outs["fast"], outs["reference"])
 
 
-def test_selection_api_and_keys(tiny_config):
-    assert get_neuron_impl() == "fast"  # the default
-    keys = set(build_model("vlifnet", **tiny_config).state_dict())
-    with neuron_impl("reference"):
-        assert get_neuron_impl() == "reference"
-        assert set(build_model("vlifnet", **tiny_config).state_dict()) == keys
-    assert get_neuron_impl() == "fast"
+def _impls(net: torch.nn.Module) -> set[tuple[str, str]]:
+    return {(m.impl, m.kernel_backend) for m in net.modules() if isinstance(m, (LIF, NILIF, VLIF))}
+
+
+def test_selection_is_per_network_and_changes_no_keys(tiny_config):
+    net, other = build_model("vlifnet", **tiny_config), build_model("vlifnet", **tiny_config)
+    keys = set(net.state_dict())
+    assert _impls(net) == {("fast", "auto")}  # the default, on every neuron
+    with neuron_impl(net, "reference"):
+        assert _impls(net) == {("reference", "auto")}
+        assert _impls(other) == {("fast", "auto")}  # another network keeps its own choice
+        assert set(net.state_dict()) == keys
+    assert _impls(net) == {("fast", "auto")}  # restored
+    assert set_neuron_impl(net, "fast", "torch") is net and _impls(net) == {("fast", "torch")}
     with pytest.raises(ValueError, match="reference, fast"):
-        set_neuron_impl("triton")
+        set_neuron_impl(net, "triton")
     with pytest.raises(ValueError, match="auto, native, torch"):
-        kernels.set_kernel_backend("cupy")
+        set_neuron_impl(net, "fast", "cupy")
+
+
+def test_lif_fallback_is_logged_once(caplog):
+    node = lif()
+    x = torch.rand(4, 2, 3, 5, 5, dtype=torch.float64)
+    with caplog.at_level("INFO", logger="models.neurons"):
+        neurons._fallbacks_logged.discard("torch.float64")
+        for _ in range(3):
+            node.reset()
+            node(x)
+    lines = [r.getMessage() for r in caplog.records if "fast LIF kernel not used" in r.getMessage()]
+    assert lines == ["fast LIF kernel not used for torch.float64: running spikingjelly's LIF (same results)"]
 
 
 def test_native_build_failure_falls_back(monkeypatch):
@@ -203,7 +220,7 @@ def test_native_build_failure_falls_back(monkeypatch):
     x = _nilif_input()
     assert torch.equal(kernels.ni_lif(x), ni_lif_reference(x))
     with pytest.raises(RuntimeError):
-        kernels.set_kernel_backend("native")
+        kernels.check_backend("native")
 
 
 # ------------------------------------------------------------------ inference
@@ -245,9 +262,9 @@ def test_batched_folded_tiles_equal_one_at_a_time():
     net, _ = _golden_net()
     net.double()
     img = torch.rand(1, 3, 70, 93, dtype=torch.float64)
-    with neuron_impl("reference"):
-        one = tiled_forward(net, img, crop_size=32, overlap=8, tile_batch=1)
-    batched = tiled_forward(prepare_for_inference(net), img, crop_size=32, overlap=8, tile_batch=16)
+    with neuron_impl(net, "reference"):
+        one = restore(net, img, crop_size=32, overlap=8, tile_batch=1)
+    batched = restore(prepare_for_inference(net), img, crop_size=32, overlap=8, tile_batch=16)
     assert batched.dtype == torch.float64
     assert (batched - one).abs().max().item() < 1e-9
 
@@ -290,3 +307,22 @@ def test_benchmark_harness_records(tmp_path, monkeypatch):
     assert {"name", "reference_ms", "fast_ms", "speedup", "max_abs_diff"} <= record.keys()
     assert record["name"] == "toy" and record["max_abs_diff"] == 0.0 and len(record["fast_samples_ms"]) == 3
     assert payload["meta"]["threads"] >= 1
+
+
+def test_kernels_are_pytorch_operators():
+    """The kernels are registered operators (profiler names, device dispatch, fake tensors for
+    torch.compile); opcheck validates their schemas and fake implementations."""
+    ops = torch.ops.spiking_derain
+    x = torch.randn(16, 40)
+    cases = [
+        (ops.nilif_forward, (x, True, "auto")), (ops.nilif_forward, (x, False, "torch")),
+        (ops.nilif_backward, (x, x > 0, "auto")),
+        (ops.vlif_forward, (torch.randn(4, 2, 3, 6, 8), 2, True, "auto")),
+        (ops.vlif_forward, (torch.randn(4, 2, 3, 6, 8), 2, False, "torch")),
+        (ops.lif_forward, (x, torch.zeros(40), 2.0, 0.15, True, "auto")),
+        (ops.lif_backward, (x, torch.randn(16, 40), 2.0, 0.15, 4.0, "torch")),
+    ]
+    if native.load() is not None:
+        cases.append((ops.upsample2x, (torch.randint(0, 5, (2, 3, 4, 5)).float() / 4,)))
+    for op, args in cases:
+        torch.library.opcheck(op, args)

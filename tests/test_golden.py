@@ -41,7 +41,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("name,file", CASES)
 def test_eval_output(name, file, impl):
     net, ref = load_golden(name, file)
-    with neuron_impl(impl), torch.no_grad():
+    with neuron_impl(net, impl), torch.no_grad():
         out = net.eval()(ref["input"].double())
     assert out.dtype == torch.float64
     assert (out - ref["output_eval"]).abs().max().item() < OUTPUT_ATOL
@@ -54,7 +54,7 @@ def test_train_output_and_gradients(name, file, impl):
     1e-13 relative, for ``reference`` and ``fast`` alike)."""
     net, ref = load_golden(name, file)
     x = ref["input"].double().requires_grad_(True)
-    with neuron_impl(impl):
+    with neuron_impl(net, impl):
         out = net.train()(x)
         assert (out - ref["output_train"]).abs().max().item() < OUTPUT_ATOL
         weights = torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out)
@@ -74,7 +74,7 @@ def test_train_output_and_gradients(name, file, impl):
 def test_eval_after_train_pass_uses_running_stats(name, file):
     """A train pass updates BN running statistics; reloading restores the eval golden."""
     net, ref = load_golden(name, file)
-    with neuron_impl("reference"):
+    with neuron_impl(net, "reference"):
         net.train()(ref["input"].double())
         net.load_state_dict(ref["state_dict"], strict=True)
         with torch.no_grad():

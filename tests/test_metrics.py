@@ -12,9 +12,9 @@ import skimage.data
 from scipy.signal import convolve2d
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from utils.evaluation import score
 from utils.metrics import (
     PROTOCOLS,
-    compute_all,
     psnr,
     rgb_to_y_float,
     rgb_to_y_matlab,
@@ -122,7 +122,7 @@ def test_rgb_matches_skimage(pairs):
 
 def test_protocols_give_different_numbers(pairs):
     pred, target = pairs[0]
-    values = compute_all(pred, target)
+    values = score(pred, target)
     assert list(values) == [f"{m}_{p}" for p in PROTOCOLS for m in ("psnr", "ssim")]
     assert len({round(values[f"psnr_{p}"], 6) for p in PROTOCOLS}) == 3
     assert 15 < values["psnr_matlab-y"] < 35 and 0.3 < values["ssim_matlab-y"] < 0.95
@@ -224,7 +224,7 @@ def test_small_images_give_nan_not_errors():
     assert math.isnan(psnr(a, b, "esdnet-y")) and math.isfinite(psnr(a, b, "rgb"))
     a, b = img(6, 30), img(6, 30)
     assert math.isnan(ssim(a, b, "rgb"))
-    values = compute_all(img(5, 5), img(5, 5))
+    values = score(img(5, 5), img(5, 5))
     assert math.isfinite(values["psnr_matlab-y"]) and math.isnan(values["ssim_rgb"])
 
 

@@ -16,15 +16,17 @@ from data.dataset import EpochBatchSampler, PairedImageDataset, pair_by_name
 from data.io import DataError, read_image, to_tensor, to_uint8, write_png
 from models import build_model
 from options.train_options import parse_train_args
-from utils.losses import SSIMLoss, ssim, ssim_map
-from utils.inference import blend_weight, restore, tile_starts, tiled_forward, tiled_forward_stream
-from utils.training import build_scheduler, get_rng_state, lr_at_epoch, set_rng_state
+from utils.losses import SSIMLoss, ssim_differentiable, ssim_map
+from utils.inference import blend_weight, restore, restore_stream, tile_starts
+from utils.firing import firing_rate
+from utils.rng import get_rng_state, set_rng_state
+from utils.schedule import build_scheduler, lr_at_epoch
 
 
 # ----------------------------------------------------------------------------- loss
 def test_ssim_of_identical_images_is_one():
     x = torch.rand(2, 3, 20, 24)
-    assert ssim(x, x).item() == pytest.approx(1.0, abs=1e-6)
+    assert ssim_differentiable(x, x).item() == pytest.approx(1.0, abs=1e-6)
     assert SSIMLoss()(x, x).item() == pytest.approx(0.0, abs=1e-6)
 
 
@@ -35,7 +37,7 @@ def test_ssim_of_constant_images_matches_closed_form_inside():
     inner = ssim_map(x, y)[..., 5:-5, 5:-5]  # zero padding only matters within 5 px of the border
     expected = (2 * a * b + 1e-4) / (a * a + b * b + 1e-4)
     assert torch.allclose(inner, torch.full_like(inner, expected), atol=1e-5)
-    assert ssim(x, y).item() != pytest.approx(expected, abs=1e-3)  # the border is part of the mean
+    assert ssim_differentiable(x, y).item() != pytest.approx(expected, abs=1e-3)  # the border is part of the mean
 
 
 def test_ssim_matches_independent_numpy_implementation():
@@ -51,7 +53,7 @@ def test_ssim_matches_independent_numpy_implementation():
         mx, my = blur(x[c]), blur(y[c])
         vx, vy, cov = blur(x[c] ** 2) - mx**2, blur(y[c] ** 2) - my**2, blur(x[c] * y[c]) - mx * my
         maps.append((2 * mx * my + 1e-4) * (2 * cov + 9e-4) / ((mx**2 + my**2 + 1e-4) * (vx + vy + 9e-4)))
-    got = ssim(torch.from_numpy(x)[None].float(), torch.from_numpy(y)[None].float()).item()
+    got = ssim_differentiable(torch.from_numpy(x)[None].float(), torch.from_numpy(y)[None].float()).item()
     assert got == pytest.approx(float(np.mean(maps)), abs=1e-5)
 
 
@@ -131,7 +133,7 @@ def test_batched_tiling_equals_released_loop(tile_batch):
     net = _LocalNet()
     img = torch.rand(2, 3, 100, 170)
     expected = _released_tiling(net, img)
-    assert torch.allclose(tiled_forward(net, img, 80, 8, tile_batch), expected, atol=1e-5)
+    assert torch.allclose(restore(net, img, 80, 8, tile_batch), expected, atol=1e-5)
     whole = restore(net, img, 0)
     assert not torch.allclose(whole, expected, atol=1e-4)  # tiling really differs from whole-image
 
@@ -155,8 +157,8 @@ def test_tiling_real_network_batched_equals_one_at_a_time(tiny_config):
     # rounding can flip a spike on some CPU; in float64 it cannot (SPEC 5b)
     net = build_model("vlifnet", **tiny_config).eval().double()
     img = torch.rand(1, 3, 20, 30, dtype=torch.float64)
-    one = tiled_forward(net, img, crop_size=16, overlap=4, tile_batch=1)  # 2 x 3 tiles
-    batched = tiled_forward(net, img, crop_size=16, overlap=4, tile_batch=3)
+    one = restore(net, img, crop_size=16, overlap=4, tile_batch=1)  # 2 x 3 tiles
+    batched = restore(net, img, crop_size=16, overlap=4, tile_batch=3)
     assert one.shape == img.shape and one.dtype == torch.float64
     assert torch.allclose(one, batched, rtol=0, atol=1e-9)
 
@@ -171,21 +173,35 @@ def test_streamed_tiles_share_calls_across_images_and_equal_one_at_a_time():
 
     net = Counting()
     sizes = [(100, 170), (100, 170), (37, 53), (100, 170), (1, 1)]  # 6, 6, 1, 6, 1 tiles
-    images = [torch.rand(1, 3, *hw) for hw in sizes]
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (*hw, 3), dtype=np.uint8) for hw in sizes]
     # the released loop crashes below 80 pixels; a single tile's blend weights cancel
-    expected = [_released_tiling(net, img) if min(img.shape[-2:]) >= 80 else net(img) for img in images]
+    with torch.no_grad():
+        expected = [to_uint8((_released_tiling(net, x) if min(hw) >= 80 else net(x))[0])
+                    for x, hw in ((to_tensor(img)[None], img.shape[:2]) for img in images)]
     calls.clear()
-    streamed = list(tiled_forward_stream(net, iter(images), 80, 8, tile_batch=4))
+    streamed = list(restore_stream(net, iter(images), 80, 8, tile_batch=4))
     assert len(streamed) == len(images)
-    for out, ref, img in zip(streamed, expected, images):
-        assert out.shape == img.shape and torch.allclose(out, ref, atol=1e-5)
+    for (inp, out), ref, img in zip(streamed, expected, images):
+        assert inp is img and out.shape == img.shape and out.dtype == np.uint8
+        assert np.abs(out.astype(int) - ref).max() <= 1  # float rounding can cross a .5 now and then
+        assert (out == ref).mean() > 0.999
     # 12 tiles of the first two images in 3 calls of 4; a new tile shape starts a new call
     assert calls == [4, 4, 4, 1, 4, 2, 1]
 
 
+def test_stream_of_whole_images_equals_restore():
+    net = _LocalNet()
+    images = [np.random.default_rng(i).integers(0, 256, (h, w, 3), dtype=np.uint8)
+              for i, (h, w) in enumerate([(37, 53), (8, 5)])]
+    for img, (inp, out) in zip(images, restore_stream(net, images, crop_size=0, device="cpu")):
+        assert inp is img
+        assert (out == to_uint8(restore(net, to_tensor(img)[None], 0)[0])).all()
+
+
 def test_tiling_rejects_bad_overlap():
     with pytest.raises(ValueError, match="overlap"):
-        tiled_forward(_LocalNet(), torch.rand(1, 3, 90, 90), 80, 80)
+        restore(_LocalNet(), torch.rand(1, 3, 90, 90), 80, 80)
 
 
 # ----------------------------------------------------------------------------- data
@@ -298,8 +314,6 @@ def test_rng_state_round_trip_through_weights_only_load(tmp_path):
 
 
 def test_firing_rate_counts_lif_outputs(tiny_config):
-    from utils.training import firing_rate
-
     net = build_model("vlifnet", **tiny_config).eval()
     with torch.no_grad(), firing_rate(net) as rate:
         net(torch.rand(1, 3, 16, 16))

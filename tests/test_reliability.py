@@ -26,9 +26,10 @@ from data.dataset import EpochBatchSampler, PairedImageDataset
 from data.io import DataError, check_images, check_output_dir, read_image
 from models import build_model
 from utils.checkpoint import atomic_save, make_checkpoint, read_checkpoint
+from utils.device import setup_amp
+from utils.guards import NonFiniteGuard, NonFiniteLossError, RunError, check_finite_weights
 from utils.signals import GracefulStop
-from utils.training import (NonFiniteGuard, NonFiniteLossError, RunError, check_finite_weights,
-                            find_resume_checkpoint, optimizer_step, remove_stale_temp_files, setup_amp)
+from utils.train_checkpoint import find_resume_checkpoint, remove_stale_temp_files
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,11 +43,6 @@ RUN_FLAGS = ["--patch_size_train", "16", "--num_workers", "0", "--no-progress", 
 def _losses(run_dir: Path) -> list[list[str]]:
     with open(run_dir / "train_steps.csv", newline="") as fh:
         return list(csv.reader(fh))[1:]
-
-
-def _written(run_dir: Path) -> set[str]:
-    """What a run left in its folder, apart from its log."""
-    return {p.name for p in run_dir.iterdir()} - {"train.log"} if run_dir.is_dir() else set()
 
 
 # ----------------------------------------------------------------------------- sampler
@@ -250,15 +246,24 @@ def test_guard_counts_only_consecutive_nonfinite_losses():
         guard.check(float("nan"), 5, ["x", "y"])
 
 
-def test_gradient_clipping_limits_the_update():
-    torch.manual_seed(0)
-    w = nn.Linear(4, 1, bias=False)
-    w.weight.data.zero_()
-    opt = torch.optim.SGD(w.parameters(), lr=1.0)
-    loss = (w(torch.full((1, 4), 10.0)) - 100.0).pow(2).sum()  # gradient norm 4000
-    norm = optimizer_step(loss, w, opt, grad_clip=0.5)
-    assert norm == pytest.approx(4000.0) and w.weight.norm().item() == pytest.approx(0.5, rel=1e-5)
-    assert optimizer_step((w.weight.sum() * 0), w, opt) is None  # 0 = no clipping, norm not computed
+def test_gradient_clipping_limits_the_update(tmp_path, pipeline_write_pairs):
+    """One step of train.py's loop. AdamW's first update is ``lr * g / (|g| + eps)`` per weight:
+    about ``lr`` unclipped; with the total norm clipped far below ``eps`` (1e-8), a tenth of it."""
+    data = pipeline_write_pairs(tmp_path / "data", names=("a",), size=(16, 16))
+    common = ["--train_dir", str(data), "--batch_size", "1", "--max_steps", "1", *NET_FLAGS, *RUN_FLAGS]
+    names = [n for n, _ in build_model("vlifnet", dim=16, en_num_blocks=[1, 1, 2, 2],
+                                       de_num_blocks=[1, 1, 1, 1]).named_parameters()]
+
+    def weights(run: str, *flags: str) -> dict[str, torch.Tensor]:
+        assert train_cli.main([*common, "--model_save_dir", str(tmp_path / run), *flags]) == 0
+        state = torch.load(tmp_path / run / "last.pth", weights_only=True)["state_dict"]
+        return {n: state[n] for n in names}  # parameters only: batch-norm statistics move without a step
+
+    start = weights("start", "--warmup_epochs", "1")  # epoch 1 of a warm-up runs at lr 0
+    moved = {run: max(float((w - start[n]).abs().max()) for n, w in weights(run, *flags).items())
+             for run, flags in (("free", ()), ("clipped", ("--grad_clip", "1e-9")))}
+    assert moved["free"] == pytest.approx(5e-3, rel=0.05)  # --lr 5e-3 in RUN_FLAGS
+    assert moved["clipped"] < 0.2 * moved["free"]
 
 
 def test_amp_choices_on_cpu(tmp_path, pipeline_write_pairs, caplog):
@@ -269,7 +274,7 @@ def test_amp_choices_on_cpu(tmp_path, pipeline_write_pairs, caplog):
     common = ["--train_dir", str(data), "--batch_size", "2", "--max_steps", "1", *NET_FLAGS, *RUN_FLAGS]
     with caplog.at_level(logging.ERROR):
         assert train_cli.main([*common, "--model_save_dir", str(tmp_path / "fp16"), "--amp", "fp16"]) == 2
-    assert "--amp fp16 needs a CUDA device" in caplog.text and not list((tmp_path / "fp16").glob("*.pth"))
+    assert "--amp fp16 needs a CUDA device" in caplog.text and not (tmp_path / "fp16").exists()
     assert train_cli.main([*common, "--model_save_dir", str(tmp_path / "fp32")]) == 0
     assert train_cli.main([*common, "--model_save_dir", str(tmp_path / "bf16"), "--amp", "bf16",
                            "--grad_clip", "1.0"]) == 0
@@ -352,7 +357,7 @@ def test_train_stops_on_bad_data_with_file_and_fix(spoil, tmp_path, pipeline_wri
     assert rc == 2
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and re.search(pattern, errors[0]), errors
-    assert _written(run) == set()  # no checkpoint, step log or TensorBoard file, not even partly
+    assert not run.exists()  # a failed start writes nothing: no folder, log, checkpoint or step log
 
 
 def test_non_image_files_are_skipped_by_name_and_never_paired(tmp_path, pipeline_write_pairs, caplog):
@@ -403,7 +408,7 @@ BAD_CHECKPOINTS = [
     ("--weights", "other_network.pth", r"checkpoint .*other_network\.pth does not fit VLIFNet.*Try:"),
     ("--weights", "unrelated.pth", r"no 'patch_embed\.proj\.weight': it is not a VLIFNet or ESDNet checkpoint"),
     ("--resume", "unrelated.pth", r"no 'patch_embed\.proj\.weight': it is not a VLIFNet or ESDNet checkpoint"),
-    ("--resume", "raw_weights.pth", r"raw_weights\.pth holds weights but no training state; use --weights"),
+    ("--resume", "raw_weights.pth", r"raw_weights\.pth holds weights but no training state.*use --weights"),
     ("--resume", "bad_optimizer.pth", r"bad_optimizer\.pth: cannot restore the training state.*--weights"),
 ]
 
@@ -419,7 +424,7 @@ def test_train_refuses_bad_checkpoints_cleanly(flag, name, pattern, bad_checkpoi
     assert rc == 2
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and re.search(pattern, errors[0]), errors
-    assert _written(run) == set()
+    assert not run.exists()
 
 
 # ----------------------------------------------------------------------------- output folders

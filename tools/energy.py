@@ -16,7 +16,8 @@ from data.synthetic_rain import demo_pair
 from models import build_model
 from utils.checkpoint import CheckpointError, load_model
 from utils.energy import E_AC_PJ, E_MAC_PJ, measure
-from utils.energy_report import format_layers, format_table, plot_summary
+from utils.energy_op_counter import measure_with_op_counter
+from utils.energy_report import format_layers, format_op_counter, format_table, plot_summary
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=str, default=None, help="write a PNG of firing rates and energy by block")
     p.add_argument("--layers", action=argparse.BooleanOptionalAction, default=False,
                    help="also print the per-layer table")
+    p.add_argument("--op_counter", action=argparse.BooleanOptionalAction, default=False,
+                   help="also count with spikingjelly's op_counter on the same forward and print both "
+                   "(docs/energy.md says where they differ and why)")
     return p
 
 
@@ -85,12 +89,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     model.train(args.batch_stats)
-    summary = measure(model, img.to(args.device), args.e_mac, args.e_ac)
+    run = measure_with_op_counter if args.op_counter else measure
+    summary = run(model, img.to(args.device), args.e_mac, args.e_ac)
     summary.update(arch=arch, config=dict(getattr(model, "config", {})), weights=args.weights, input=label,
                    batch_stats=args.batch_stats)
     print(format_table(summary))
     if args.layers:
         print(format_layers(summary))
+    if args.op_counter:
+        print(format_op_counter(summary))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(summary, indent=1))

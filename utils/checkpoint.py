@@ -97,6 +97,31 @@ def infer_architecture(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, dic
     )
 
 
+_HEADERS = (b"PK\x03\x04", b"\x80")  # torch.save: a zip archive; before torch 1.6, a pickle
+
+
+def _unreadable(path: Path, exc: Exception) -> str:
+    """Why ``torch.load`` failed on ``path``, in words: not a checkpoint at all, or a damaged one."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+    except OSError as err:
+        return f"cannot read checkpoint {path}: {err.strerror}; check the path and its permissions"
+    if not head:
+        return f"checkpoint {path} is empty (0 bytes): a copy or download was cut short; copy or download it again"
+    if not head.startswith(_HEADERS):
+        text = head.decode("utf-8", errors="replace").split("\n")[0].strip()
+        what = (f"it is text starting with {text[:40]!r}" if text.isprintable() and text
+                else f"it starts with the bytes {head[:8].hex(' ')}")
+        return (f"{path} is not a PyTorch checkpoint: {what}, while files written by torch.save start with "
+                "a zip or pickle header. Pass the .pth weights file itself (e.g. pretrained_models/Rain200H.pth); "
+                "a download that saved a web page instead of the file must be repeated.")
+    detail = re.split(r"(?<=\.)\s|\n", str(exc).strip(), maxsplit=1)[0][:200]  # torch's first sentence
+    return (f"cannot read checkpoint {path} ({type(exc).__name__}: {detail}): the file is truncated or not a "
+            "PyTorch checkpoint of tensors and plain values (corrupt, or holding other objects); download or "
+            "copy it again, or save only its state_dict.")
+
+
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint file into this project's layout: ``arch``, ``config``, ``state_dict``
     (prefix-free) and, for own checkpoints, everything else they hold."""
@@ -106,10 +131,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for truncated/corrupt files
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}. The file may be truncated "
-            "or not a PyTorch checkpoint; download or copy it again."
-        ) from exc
+        raise CheckpointError(_unreadable(path, exc)) from exc
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
     ckpt = dict(obj) if "state_dict" in obj and isinstance(obj["state_dict"], Mapping) else {"state_dict": obj}

@@ -18,6 +18,7 @@ non-finite loss, stop on a signal) is taken from all-reduced values (:func:`sync
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,10 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from spikingjelly.activation_based import layer
+
+from utils.guards import RunError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -143,6 +148,16 @@ def replica_digests(module: nn.Module) -> list[str]:
     return out
 
 
+def check_replicas(module: nn.Module, step: int) -> None:
+    """Every process holds the same weights (DDP's promise, checked at every save); RunError if not."""
+    digests = replica_digests(module)
+    if len(set(digests)) != 1:
+        differ = [rank for rank, d in enumerate(digests) if d != digests[0]]
+        raise RunError(f"step {step}: the weights of process(es) {differ} differ from process 0's; the replicas "
+                       "drifted apart (a failed all-reduce or a faulty device): resume from the last checkpoint")
+    log.info("step %d: %d processes hold identical weights (sha256 %s)", step, len(digests), digests[0][:16])
+
+
 class _AllReduceSum(torch.autograd.Function):
     """Sum over processes; the gradient of a sum is the sum of the processes' gradients."""
 
@@ -212,3 +227,14 @@ def convert_sync_tdbn(module: nn.Module) -> nn.Module:
         else:
             convert_sync_tdbn(child)
     return module
+
+
+def sync_batchnorm(module: nn.Module, world_size: int) -> None:
+    """``--sync_bn``: every tdBN of ``module`` computes its statistics over the batches of all
+    processes (in place); RunError if a batch norm was left unconverted."""
+    convert_sync_tdbn(module)
+    left = unsynced_batchnorms(module)
+    if left:
+        raise RunError(f"--sync_bn: {len(left)} batch-norm layers were not converted (first: {left[0]})")
+    n = sum(isinstance(m, SyncThresholdDependentBatchNorm2d) for m in module.modules())
+    log.info("--sync_bn: %d tdBN layers synchronised over %d processes", n, world_size)

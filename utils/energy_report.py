@@ -72,6 +72,33 @@ def format_layers(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _same(a: float, b: float) -> bool:
+    return abs(a - b) <= 1e-6 * max(1.0, abs(a))  # our SOPs carry a float32 mean
+
+
+def format_op_counter(summary: dict[str, Any], max_layers: int = 8) -> str:
+    """Our counts beside spikingjelly op_counter's on the same forward
+    (:func:`utils.energy_op_counter.measure_with_op_counter`), with the layers that differ."""
+    oc = summary["op_counter"]
+    multi = summary["input_kind_fraction"]["multi-level"] * summary["dense_macs"]
+    lines = [
+        "spikingjelly op_counter on the same forward (MACCounter without batch norm, SynOpCounter), per image:",
+        f"  MACs: ours {summary['mac_ops']:,.0f} on real inputs; op_counter {oc['mac']:,.0f}, which also prices "
+        f"the {multi:,.0f} dense MACs on multi-level spikes as MACs",
+        f"  SOPs: ours {summary['sops']:,.0f} (dense MACs x mean events, k per k/4 spike); op_counter "
+        f"{oc['synop']:,.0f} (binary inputs only, exact weight uses: no taps on zero padding)",
+        f"  counted outside the hooked layers: {oc['outside_layers']['mac']:,.0f} MACs, "
+        f"{oc['outside_layers']['synop']:,.0f} SynOps",
+    ]
+    differ = [r for r in oc["layers"]
+              if not (_same(r["mac_ops"], r["op_counter_mac"]) and _same(r["sops"], r["op_counter_synop"]))]
+    lines.append(f"  layers that differ: {len(differ)} of {len(oc['layers'])} (MACs, SOPs: ours / op_counter)")
+    for r in differ[:max_layers]:
+        lines.append(f"    {r['name']:<50}{r['input_kind']:>12}  {r['mac_ops']:,.0f} / {r['op_counter_mac']:,.0f}"
+                     f"  {r['sops']:,.0f} / {r['op_counter_synop']:,.0f}")
+    return "\n".join(lines)
+
+
 def plot_summary(summary: dict[str, Any], path: str | Path) -> None:
     """Two panels by block: firing rates (bar = block mean, dots = neuron layers) and energy
     (MACs on real inputs + SOPs, stacked) against the SNN-paper convention (markers)."""

@@ -1,7 +1,7 @@
-"""One inference-and-scoring path for ``test.py`` and ``train.py``'s validation.
+"""Scores and reports: per-image PSNR/SSIM rows, their means, the table and the files.
 
-An image goes uint8 -> [0, 1] float -> :func:`utils.inference.restore` -> clamp, round -> uint8,
-and is scored on uint8 with :mod:`utils.metrics` under each requested convention (SPEC 7).
+Images are scored as uint8 (what the saved PNGs hold) with :mod:`utils.metrics` under each
+requested convention (SPEC 7); the inference that produces them is :mod:`utils.inference`.
 """
 from __future__ import annotations
 
@@ -9,42 +9,14 @@ import csv
 import json
 import math
 import os
-from collections import deque
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
-import torch
-import torch.nn as nn
 
-from data.io import to_tensor, to_uint8
 from data.io import atomic_write, write_text_atomic
 from utils.metrics import PROTOCOLS, psnr, ssim
-from utils.inference import restore_stream
 
-__all__ = ["derain", "derain_stream", "score", "summarise", "format_table", "write_csv", "write_json"]
-
-
-def derain(net: nn.Module, img: np.ndarray, device: torch.device | str = "cpu", crop_size: int = 80,
-           overlap: int = 8, tile_batch: int = 16) -> np.ndarray:
-    """Derain one RGB ``uint8`` ``HxWx3`` image; returns the same layout (clamped, rounded)."""
-    return next(derain_stream(net, [img], device, crop_size, overlap, tile_batch))[1]
-
-
-def derain_stream(net: nn.Module, images: Iterable[np.ndarray], device: torch.device | str = "cpu",
-                  crop_size: int = 80, overlap: int = 8,
-                  tile_batch: int = 16) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """``(input, derained)`` for each of a stream of images, in order; tiles of consecutive
-    images share network calls (:func:`utils.inference.restore_stream`), so a few inputs are read
-    ahead of the one yielded."""
-    waiting: deque[np.ndarray] = deque()  # read, not yet yielded
-
-    def tensors() -> Iterator[torch.Tensor]:
-        for img in images:
-            waiting.append(img)
-            yield to_tensor(img)[None].to(device)  # [1, 3, H, W]
-
-    for out in restore_stream(net, tensors(), crop_size, overlap, tile_batch):
-        yield waiting.popleft(), to_uint8(out[0])
+__all__ = ["score", "summarise", "format_table", "write_csv", "write_json"]
 
 
 def score(pred: np.ndarray, target: np.ndarray, protocols: Sequence[str] = PROTOCOLS) -> dict[str, float]:

@@ -1,22 +1,73 @@
-"""Inference on whole images: the released overlapping tiles (SPEC 7) or one pass per image.
+"""The one inference path: validation (``train.py``), ``test.py`` and the speed harness all use it.
 
-The released test cut ``crop_size`` tiles with ``overlap`` pixels of overlap (stride
-``crop_size - overlap``; the last tile aligned to the border), ran each tile separately and
-blended them with the centre-heavy weight ``1 / sqrt((y - c)^2 + (x - c)^2 + 1e-3)``
-(``c = crop_size / 2``), normalised by the weight sum. Here the tiles go through the network
-in batches of ``tile_batch``; a side shorter than ``crop_size`` gets one tile of that side's
-length (the released code crashed there), so any size from 1x1 works.
+- :func:`restore`: one ``[B, 3, H, W]`` batch in [0, 1] -> the network's unclamped output.
+- :func:`restore_stream`: a stream of RGB ``uint8`` ``HxWx3`` images (as read from files) ->
+  ``(image, restored)`` uint8 pairs, in order, computed on ``device``; tiles of consecutive
+  images share network calls.
+
+Both run the released overlapping tiles (SPEC 7) or, with ``crop_size == 0``, one pass per
+image (the networks pad to their stride and crop back). The released test cut ``crop_size``
+tiles with ``overlap`` pixels of overlap (stride ``crop_size - overlap``; the last tile aligned
+to the border), ran each tile separately and blended them with the centre-heavy weight
+``1 / sqrt((y - c)^2 + (x - c)^2 + 1e-3)`` (``c = crop_size / 2``), normalised by the weight
+sum. Here the tiles go through the network in batches of ``tile_batch``; a side shorter than
+``crop_size`` gets one tile of that side's length (the released code crashed there), so any
+size from 1x1 works.
 """
 from __future__ import annotations
 
+from collections import deque
 from typing import Iterable, Iterator
 
+import numpy as np
 import torch
 import torch.nn as nn
 
-__all__ = ["blend_weight", "tile_starts", "tiled_forward", "tiled_forward_stream", "restore", "restore_stream"]
+from data.io import to_tensor, to_uint8
+
+__all__ = ["restore", "restore_stream"]
 
 
+@torch.inference_mode()
+def restore(
+    net: nn.Module, x: torch.Tensor, crop_size: int = 80, overlap: int = 8, tile_batch: int = 16
+) -> torch.Tensor:
+    """Derain ``x`` ``[B, 3, H, W]`` in [0, 1]: released tiling, or the whole image when ``crop_size == 0``.
+
+    ``tile_batch`` tiles (counting every image of the batch) go through ``net`` at once; the
+    result equals one tile at a time up to float rounding. ``net`` should be in eval mode.
+    Returns the unclamped ``[B, 3, H, W]`` output.
+    """
+    if crop_size == 0:
+        return net(x)
+    return next(_tiled_stream(net, [x], crop_size, overlap, tile_batch))
+
+
+def restore_stream(
+    net: nn.Module, images: Iterable[np.ndarray], crop_size: int = 80, overlap: int = 8, tile_batch: int = 16,
+    device: torch.device | str = "cpu",
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """:func:`restore` over a stream of RGB ``uint8`` ``HxWx3`` images; yields ``(image, restored)``
+    in input order, ``restored`` clamped to [0, 1] and rounded to uint8 (what a PNG holds).
+
+    Images are read from ``images`` only as the network needs them: in tiled mode tiles of
+    consecutive images share network calls, so up to ``tile_batch`` tiles' images are held ahead
+    of the one yielded; that is why each result comes with its input.
+    """
+    waiting: deque[np.ndarray] = deque()  # read, not yet yielded
+
+    def tensors() -> Iterator[torch.Tensor]:
+        for img in images:
+            waiting.append(img)
+            yield to_tensor(img)[None].to(device)  # [1, 3, H, W]
+
+    outputs = (restore(net, x, 0) for x in tensors()) if crop_size == 0 else _tiled_stream(
+        net, tensors(), crop_size, overlap, tile_batch)
+    for out in outputs:
+        yield waiting.popleft(), to_uint8(out[0])
+
+
+# ------------------------------------------------------------------ the released tiling
 def blend_weight(height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """Centre-heavy tile weight ``[height, width]``: ``1 / sqrt((y - h/2)^2 + (x - w/2)^2 + 1e-3)``."""
     y = torch.arange(height, dtype=torch.float64, device=device)[:, None] - height / 2
@@ -63,10 +114,10 @@ class _Job:
 
 
 @torch.inference_mode()
-def tiled_forward_stream(
-    net: nn.Module, images: Iterable[torch.Tensor], crop_size: int = 80, overlap: int = 8, tile_batch: int = 16
+def _tiled_stream(
+    net: nn.Module, images: Iterable[torch.Tensor], crop_size: int, overlap: int, tile_batch: int
 ) -> Iterator[torch.Tensor]:
-    """Released tiled inference over a stream of ``[B, 3, H, W]`` images, yielding each output in order.
+    """Released tiled inference over a stream of ``[B, 3, H, W]`` tensors, yielding each output in order.
 
     Tiles go through ``net`` ``tile_batch`` at a time (counting every image of a batch), and
     tiles of consecutive images of the same tile shape share network calls, so a folder of
@@ -108,39 +159,3 @@ def tiled_forward_stream(
     flush()
     for job in jobs:
         yield job.result()
-
-
-@torch.inference_mode()
-def tiled_forward(
-    net: nn.Module, img: torch.Tensor, crop_size: int = 80, overlap: int = 8, tile_batch: int = 16
-) -> torch.Tensor:
-    """Released tiled inference: ``[B, 3, H, W]`` -> ``[B, 3, H, W]`` (unclamped network output).
-
-    ``tile_batch`` tiles (counting every image of the batch) go through ``net`` at once; the
-    result equals one tile at a time up to float rounding. ``net`` should be in eval mode.
-    """
-    return next(tiled_forward_stream(net, [img], crop_size, overlap, tile_batch))
-
-
-@torch.inference_mode()
-def restore(
-    net: nn.Module, img: torch.Tensor, crop_size: int = 80, overlap: int = 8, tile_batch: int = 16
-) -> torch.Tensor:
-    """Derain ``[B, 3, H, W]`` in [0, 1]: released tiling, or the whole image when ``crop_size == 0``.
-
-    Whole-image mode relies on the network padding its input to a multiple of its stride and
-    cropping back. Returns the unclamped ``[B, 3, H, W]`` output.
-    """
-    if crop_size == 0:
-        return net(img)
-    return tiled_forward(net, img, crop_size, overlap, tile_batch)
-
-
-def restore_stream(
-    net: nn.Module, images: Iterable[torch.Tensor], crop_size: int = 80, overlap: int = 8, tile_batch: int = 16
-) -> Iterator[torch.Tensor]:
-    """:func:`restore` over a stream of ``[B, 3, H, W]`` images, in order; in tiled mode tiles of
-    consecutive images share network calls (:func:`tiled_forward_stream`)."""
-    if crop_size == 0:
-        return (restore(net, img, 0) for img in images)
-    return tiled_forward_stream(net, images, crop_size, overlap, tile_batch)

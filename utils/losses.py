@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["gaussian_window", "ssim_map", "ssim", "SSIMLoss", "CharbonnierLoss", "build_loss", "LOSSES"]
+__all__ = ["gaussian_window", "ssim_map", "ssim_differentiable", "SSIMLoss", "CharbonnierLoss", "build_loss", "LOSSES"]
 
 
 def gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
@@ -37,8 +37,11 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, window_size: int = 11, sigma: flo
     return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
 
 
-def ssim(x: torch.Tensor, y: torch.Tensor, window_size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Mean of :func:`ssim_map` over everything: a scalar tensor (1 for identical images)."""
+def ssim_differentiable(x: torch.Tensor, y: torch.Tensor, window_size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Mean of :func:`ssim_map` over everything: a scalar tensor (1 for identical images).
+
+    The loss's SSIM (float tensors, gradients); the reported metric is :func:`utils.metrics.ssim`.
+    """
     return ssim_map(x, y, window_size, sigma).mean()
 
 
@@ -46,7 +49,7 @@ class SSIMLoss(nn.Module):
     """``1 - SSIM(restored, target)``, the released training loss (SPEC 6)."""
 
     def forward(self, restored: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return 1.0 - ssim(restored, target)
+        return 1.0 - ssim_differentiable(restored, target)
 
 
 class CharbonnierLoss(nn.Module):

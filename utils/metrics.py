@@ -14,7 +14,10 @@ differently under each:
   ``data_range=1``.
 
 All public functions take uint8 ``HxWx3`` RGB arrays (channel order R, G, B). Images too small
-for a protocol's SSIM window give ``nan`` instead of an exception (see :func:`ssim`).
+for a protocol's SSIM window give ``nan`` instead of an exception (see :func:`ssim`). Rows of
+every metric under every protocol: :func:`utils.evaluation.score`. The differentiable SSIM of
+the training loss is :func:`utils.losses.ssim_differentiable` (another function: float
+tensors, zero padding, no luma).
 """
 from __future__ import annotations
 
@@ -178,14 +181,3 @@ def ssim(pred: np.ndarray, target: np.ndarray, protocol: str) -> float:
         )
     return ssim_wang(_luma(pred, protocol), _luma(target, protocol))
 
-
-def compute_all(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
-    """All metrics under all protocols: ``{"psnr_<protocol>": dB, "ssim_<protocol>": value}``.
-
-    Keys follow :data:`PROTOCOLS` order (PSNR then SSIM per protocol), ready for a CSV row.
-    """
-    out: dict[str, float] = {}
-    for protocol in PROTOCOLS:
-        out[f"psnr_{protocol}"] = psnr(pred, target, protocol)
-        out[f"ssim_{protocol}"] = ssim(pred, target, protocol)
-    return out

@@ -1,6 +1,6 @@
 """Where the spiking kernels run: the backend choice and the CPU work split.
 
-Two backends compute the same step loops (:func:`set_kernel_backend`):
+Two backends compute the same step loops; every kernel takes ``backend`` (:data:`KERNEL_BACKENDS`):
 ``native``: small C kernels (``models/kernels/csrc``, built on first use by
 :mod:`models.kernels.native`) that walk all steps of a block of 64 elements in registers;
 ``torch``: the same loops as in-place PyTorch operations on cache-sized chunks (CPU without a
@@ -19,9 +19,6 @@ import torch
 from . import native
 
 KERNEL_BACKENDS = ("auto", "native", "torch")
-_backend = os.environ.get("SPIKING_DERAIN_KERNELS", "auto")
-if _backend not in KERNEL_BACKENDS:
-    _backend = "auto"
 
 # torch backend on CPU: elements per step handled together. ATen runs an elementwise
 # operation of at most this many elements (its grain size) on the calling thread, so a chunk
@@ -32,23 +29,19 @@ _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
 
-def set_kernel_backend(name: str) -> str:
-    """``auto`` (native C kernels where they build, else torch), ``native`` or ``torch``.
-
-    Returns the previous choice; ``SPIKING_DERAIN_KERNELS`` sets the initial one.
-    """
-    global _backend
+def check_backend(name: str) -> str:
+    """Validate a kernel backend name: ``auto`` (native C kernels where they build and apply,
+    else torch), ``native`` or ``torch``; returns it."""
     if name not in KERNEL_BACKENDS:
         raise ValueError(f"unknown kernel backend {name!r}; choose one of {', '.join(KERNEL_BACKENDS)}")
     if name == "native" and native.load() is None:
         raise RuntimeError("the native spiking kernels could not be built on this machine")
-    previous, _backend = _backend, name
-    return previous
+    return name
 
 
-def native_lib(*tensors: torch.Tensor):
-    """The C kernels if they apply to these tensors (CPU float32) and are selected."""
-    if _backend == "torch" or any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+def native_lib(backend: str, *tensors: torch.Tensor):
+    """The C kernels if ``backend`` allows them and they apply to these tensors (CPU float32)."""
+    if backend == "torch" or any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
         return None
     return native.load()
 

@@ -14,11 +14,12 @@ from torch.autograd.function import once_differentiable
 from .backend import data_ptr, for_native, for_torch_chunks, native_lib, needs_grad
 
 
+@torch.library.custom_op("spiking_derain::lif_forward", mutates_args=())
 def lif_forward(
-    x: torch.Tensor, v0: torch.Tensor, tau: float, v_th: float, keep_h: bool
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Spikes ``[L, N]``, charged membranes ``h`` (if ``keep_h``) and final membrane ``[N]``
-    from contiguous ``x`` ``[L, N]`` and ``v0`` ``[N]``.
+    x: torch.Tensor, v0: torch.Tensor, tau: float, v_th: float, keep_h: bool, backend: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Spikes ``[L, N]``, charged membranes ``h`` (``[L, N]``; empty unless ``keep_h``) and final
+    membrane ``[N]`` from contiguous ``x`` ``[L, N]`` and ``v0`` ``[N]``.
 
     torch backend: the hard reset ``v = s * 0 + (1 - s) * h`` is taken as ``h * [h < v_th]``
     (equal values, also for NaN and infinite ``h``; a zero may change sign, which no later
@@ -27,12 +28,13 @@ def lif_forward(
     x, v0 = x.detach(), v0.detach().contiguous()
     L, N = x.shape
     spikes = torch.empty_like(x)
-    charged = torch.empty_like(x) if keep_h else None
+    charged = torch.empty_like(x) if keep_h else x.new_empty(0)
     v_out = torch.empty_like(v0)
-    lib = native_lib(x, v0)
+    lib = native_lib(backend, x, v0)
     if lib is not None:
         for_native(N, lambda lo, hi: lib.lif_forward(
-            data_ptr(x), data_ptr(v0), data_ptr(spikes), data_ptr(charged), data_ptr(v_out), L, N, lo, hi, tau, v_th))
+            data_ptr(x), data_ptr(v0), data_ptr(spikes), data_ptr(charged) if keep_h else None, data_ptr(v_out),
+            L, N, lo, hi, tau, v_th))
         return spikes, charged, v_out
 
     def body(c: slice) -> None:
@@ -53,12 +55,19 @@ def lif_forward(
     return spikes, charged, v_out
 
 
-def lif_backward(grad_s: torch.Tensor, h: torch.Tensor, tau: float, v_th: float, alpha: float) -> torch.Tensor:
+@lif_forward.register_fake
+def _(x: torch.Tensor, v0: torch.Tensor, tau: float, v_th: float, keep_h: bool, backend: str):
+    return torch.empty_like(x), torch.empty_like(x) if keep_h else x.new_empty(0), torch.empty_like(v0)
+
+
+@torch.library.custom_op("spiking_derain::lif_backward", mutates_args=())
+def lif_backward(grad_s: torch.Tensor, h: torch.Tensor, tau: float, v_th: float, alpha: float,
+                 backend: str) -> torch.Tensor:
     """``dL/dx`` ``[L, N]`` from contiguous ``dL/ds`` and the saved charged membranes ``h``."""
     grad_s = grad_s.detach()
     L, N = grad_s.shape
     grad_x = torch.empty_like(grad_s)
-    lib = native_lib(grad_s)
+    lib = native_lib(backend, grad_s)
     if lib is not None:
         for_native(N, lambda lo, hi: lib.lif_backward(
             data_ptr(grad_s), data_ptr(h), data_ptr(grad_x), L, N, lo, hi, tau, v_th, alpha))
@@ -84,15 +93,20 @@ def lif_backward(grad_s: torch.Tensor, h: torch.Tensor, tau: float, v_th: float,
     return grad_x
 
 
+@lif_backward.register_fake
+def _(grad_s: torch.Tensor, h: torch.Tensor, tau: float, v_th: float, alpha: float, backend: str) -> torch.Tensor:
+    return torch.empty_like(grad_s)
+
+
 class LIFFunction(torch.autograd.Function):
     """Multi-step LIF from a constant initial membrane; returns spikes and the final membrane."""
 
     @staticmethod
-    def forward(ctx, x_seq, v0, tau, v_th, alpha):
+    def forward(ctx, x_seq, v0, tau, v_th, alpha, backend):
         x = x_seq.contiguous()
-        spikes, h, v = lif_forward(x.view(x.shape[0], -1), v0.reshape(-1), tau, v_th, True)
+        spikes, h, v = lif_forward(x.view(x.shape[0], -1), v0.reshape(-1), tau, v_th, True, backend)
         ctx.save_for_backward(h)
-        ctx.consts = (tau, v_th, alpha)
+        ctx.consts = (tau, v_th, alpha, backend)
         ctx.mark_non_differentiable(v)
         return spikes.view(x.shape), v.view(x.shape[1:])
 
@@ -101,11 +115,11 @@ class LIFFunction(torch.autograd.Function):
     def backward(ctx, grad_s, grad_v):
         (h,) = ctx.saved_tensors
         g = grad_s.contiguous()
-        return lif_backward(g.view(h.shape), h, *ctx.consts).view(g.shape), None, None, None, None
+        return lif_backward(g.view(h.shape), h, *ctx.consts).view(g.shape), None, None, None, None, None
 
 
 def lif_multi_step(
-    x_seq: torch.Tensor, v0: torch.Tensor, tau: float, v_th: float, alpha: float
+    x_seq: torch.Tensor, v0: torch.Tensor, tau: float, v_th: float, alpha: float, backend: str = "auto"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Spikes ``[T, ...]`` and final membrane ``[...]`` of the released LIF from ``v0``.
 
@@ -113,7 +127,7 @@ def lif_multi_step(
     this on a freshly reset or gradient-free state.
     """
     if needs_grad(x_seq):
-        return LIFFunction.apply(x_seq, v0.detach(), tau, v_th, alpha)
+        return LIFFunction.apply(x_seq, v0.detach(), tau, v_th, alpha, backend)
     x = x_seq.contiguous()
-    spikes, _, v = lif_forward(x.view(x.shape[0], -1), v0.reshape(-1), tau, v_th, False)
+    spikes, _, v = lif_forward(x.view(x.shape[0], -1), v0.reshape(-1), tau, v_th, False, backend)
     return spikes.view(x.shape), v.view(x.shape[1:])

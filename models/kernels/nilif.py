@@ -20,16 +20,18 @@ from .backend import data_ptr, for_native, for_torch_chunks, native_lib, needs_g
 from .common import NILIF_DECAY, NILIF_LEVELS, patch_to_time, time_to_patch
 
 
-def nilif_forward(x: torch.Tensor, with_mask: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Spikes ``[L, N]`` of NI-LIF over contiguous ``x`` ``[L, N]`` and, if asked, the backward
-    mask ``0 <= m_t <= 4`` (bool ``[L, N]``)."""
+@torch.library.custom_op("spiking_derain::nilif_forward", mutates_args=())
+def nilif_forward(x: torch.Tensor, with_mask: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Spikes ``[L, N]`` of NI-LIF over contiguous ``x`` ``[L, N]`` and the backward mask
+    ``0 <= m_t <= 4`` (bool ``[L, N]``; empty unless ``with_mask``)."""
     x = x.detach()
     L, N = x.shape
     spikes = torch.empty_like(x)
-    mask = torch.empty(L, N, dtype=torch.bool, device=x.device) if with_mask else None
-    lib = native_lib(x)
+    mask = torch.empty(L, N if with_mask else 0, dtype=torch.bool, device=x.device)
+    lib = native_lib(backend, x)
     if lib is not None:
-        for_native(N, lambda lo, hi: lib.nilif_forward(data_ptr(x), data_ptr(spikes), data_ptr(mask), L, N, lo, hi))
+        mask_ptr = data_ptr(mask) if with_mask else None
+        for_native(N, lambda lo, hi: lib.nilif_forward(data_ptr(x), data_ptr(spikes), mask_ptr, L, N, lo, hi))
         return spikes, mask
 
     def body(c: slice) -> None:
@@ -47,12 +49,18 @@ def nilif_forward(x: torch.Tensor, with_mask: bool) -> tuple[torch.Tensor, torch
     return spikes, mask
 
 
-def nilif_backward(grad_s: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+@nilif_forward.register_fake
+def _(x: torch.Tensor, with_mask: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.empty_like(x), x.new_empty(x.shape[0], x.shape[1] if with_mask else 0, dtype=torch.bool)
+
+
+@torch.library.custom_op("spiking_derain::nilif_backward", mutates_args=())
+def nilif_backward(grad_s: torch.Tensor, mask: torch.Tensor, backend: str) -> torch.Tensor:
     """``dL/dx`` ``[L, N]`` from contiguous ``dL/ds`` ``[L, N]`` and the forward mask."""
     grad_s = grad_s.detach()
     L, N = grad_s.shape
     grad_x = torch.empty_like(grad_s)
-    lib = native_lib(grad_s)
+    lib = native_lib(backend, grad_s)
     if lib is not None:
         for_native(N, lambda lo, hi: lib.nilif_backward(data_ptr(grad_s), data_ptr(mask), data_ptr(grad_x), L, N, lo, hi))
         return grad_x
@@ -71,14 +79,20 @@ def nilif_backward(grad_s: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return grad_x
 
 
+@nilif_backward.register_fake
+def _(grad_s: torch.Tensor, mask: torch.Tensor, backend: str) -> torch.Tensor:
+    return torch.empty_like(grad_s)
+
+
 class NILIFFunction(torch.autograd.Function):
     """NI-LIF over the first axis of ``[L, ...]``; saves one bool per element."""
 
     @staticmethod
-    def forward(ctx, x_seq: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x_seq: torch.Tensor, backend: str) -> torch.Tensor:
         x = x_seq.contiguous()
-        spikes, mask = nilif_forward(x.view(x.shape[0], -1), True)
+        spikes, mask = nilif_forward(x.view(x.shape[0], -1), True, backend)
         ctx.save_for_backward(mask)
+        ctx.backend = backend
         return spikes.view(x.shape)
 
     @staticmethod
@@ -86,51 +100,70 @@ class NILIFFunction(torch.autograd.Function):
     def backward(ctx, grad_s: torch.Tensor) -> torch.Tensor:
         (mask,) = ctx.saved_tensors
         g = grad_s.contiguous()
-        return nilif_backward(g.view(mask.shape), mask).view(g.shape)
+        return nilif_backward(g.view(mask.shape), mask, ctx.backend).view(g.shape), None
 
 
-def ni_lif(x_seq: torch.Tensor) -> torch.Tensor:
+def ni_lif(x_seq: torch.Tensor, backend: str = "auto") -> torch.Tensor:
     """Fast NI-LIF: same contract and bits as :func:`models.neurons.ni_lif_reference`."""
     if needs_grad(x_seq):
-        return NILIFFunction.apply(x_seq)
+        return NILIFFunction.apply(x_seq, backend)
     x = x_seq.contiguous()
-    return nilif_forward(x.view(x.shape[0], -1), False)[0].view(x.shape)
+    return nilif_forward(x.view(x.shape[0], -1), False, backend)[0].view(x.shape)
 
 
-def _vlif_forward(x_seq: torch.Tensor, r: int, with_mask: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Spikes ``[T*B, C*r*r, h, w]`` (and mask, same layout) of VLIF's NI-LIF walk."""
+@torch.library.custom_op("spiking_derain::vlif_forward", mutates_args=())
+def vlif_forward(x_seq: torch.Tensor, r: int, with_mask: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Spikes ``[T*B, C*r*r, h, w]`` of VLIF's NI-LIF walk and its mask (same layout; empty
+    unless ``with_mask``)."""
     T, B, C, H, W = x_seq.shape
     h, w = H // r, W // r
-    lib = native_lib(x_seq)
+    lib = native_lib(backend, x_seq)
     if lib is None:  # reorder, run the plain kernel, reorder back
         y = patch_to_time(x_seq, r)  # [T*r*r, B, C, h, w]
-        spikes, mask = nilif_forward(y.view(y.shape[0], -1), with_mask)
-        mask = None if mask is None else time_to_patch(mask.view(y.shape), T, r)
-        return time_to_patch(spikes.view(y.shape), T, r), mask
+        spikes, mask = nilif_forward(y.view(y.shape[0], -1), with_mask, backend)
+        spikes = time_to_patch(spikes.view(y.shape), T, r)
+        mask = (time_to_patch(mask.view(y.shape), T, r).contiguous() if with_mask
+                else torch.empty(0, dtype=torch.bool, device=x_seq.device))
+        return spikes.contiguous(), mask
     x = x_seq.detach().contiguous()
     spikes = x.new_empty(T * B, C * r * r, h, w)
-    mask = torch.empty(spikes.shape, dtype=torch.bool) if with_mask else None
+    mask = torch.empty(spikes.shape if with_mask else (0,), dtype=torch.bool)
+    mask_ptr = data_ptr(mask) if with_mask else None
     for_native(B * C * h, lambda lo, hi: lib.vlif_forward(
-        data_ptr(x), data_ptr(spikes), data_ptr(mask), T, B * C, H, W, r, lo, hi), unit=w * T * r * r, align=1)
+        data_ptr(x), data_ptr(spikes), mask_ptr, T, B * C, H, W, r, lo, hi), unit=w * T * r * r, align=1)
     return spikes, mask
 
 
-def _vlif_backward(grad_y: torch.Tensor, mask: torch.Tensor, shape: torch.Size, r: int) -> torch.Tensor:
+@vlif_forward.register_fake
+def _(x_seq: torch.Tensor, r: int, with_mask: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    T, B, C, H, W = x_seq.shape
+    spikes = x_seq.new_empty(T * B, C * r * r, H // r, W // r)
+    return spikes, x_seq.new_empty(spikes.shape if with_mask else (0,), dtype=torch.bool)
+
+
+@torch.library.custom_op("spiking_derain::vlif_backward", mutates_args=())
+def vlif_backward(grad_y: torch.Tensor, mask: torch.Tensor, shape: list[int], r: int, backend: str) -> torch.Tensor:
+    """``dL/dx`` ``[T, B, C, H, W]`` (``shape``) from ``dL/dspikes`` and the forward mask."""
     T, B, C, H, W = shape
     h, w = H // r, W // r
     grad_y = grad_y.detach().contiguous()
-    lib = native_lib(grad_y)
+    lib = native_lib(backend, grad_y)
     if lib is None:
         L = T * r * r
         g = grad_y.view(T, B, C, r * r, h, w).permute(0, 3, 1, 2, 4, 5)  # [T, r*r, B, C, h, w]
         m = mask.view(T, B, C, r * r, h, w).permute(0, 3, 1, 2, 4, 5)
-        g = nilif_backward(g.reshape(L, -1), m.reshape(L, -1))  # [T*r*r, B*C*h*w]
+        g = nilif_backward(g.reshape(L, -1), m.reshape(L, -1), backend)  # [T*r*r, B*C*h*w]
         g = g.view(T, r * r, B, C, h, w).permute(0, 2, 3, 1, 4, 5)  # [T, B, C, r*r, h, w]
-        return F.pixel_shuffle(g.reshape(T * B, C * r * r, h, w), r).view(shape)  # [T, B, C, H, W]
+        return F.pixel_shuffle(g.reshape(T * B, C * r * r, h, w), r).reshape(shape)  # [T, B, C, H, W]
     grad_x = grad_y.new_empty(shape)
     for_native(B * C * h, lambda lo, hi: lib.vlif_backward(
         data_ptr(grad_y), data_ptr(mask), data_ptr(grad_x), T, B * C, H, W, r, lo, hi), unit=w * T * r * r, align=1)
     return grad_x
+
+
+@vlif_backward.register_fake
+def _(grad_y: torch.Tensor, mask: torch.Tensor, shape: list[int], r: int, backend: str) -> torch.Tensor:
+    return grad_y.new_empty(shape)
 
 
 class VLIFSpikeFunction(torch.autograd.Function):
@@ -139,60 +172,84 @@ class VLIFSpikeFunction(torch.autograd.Function):
     native kernel reads and writes those layouts directly, without reordering copies."""
 
     @staticmethod
-    def forward(ctx, x_seq: torch.Tensor, r: int) -> torch.Tensor:
-        spikes, mask = _vlif_forward(x_seq, r, True)
+    def forward(ctx, x_seq: torch.Tensor, r: int, backend: str) -> torch.Tensor:
+        spikes, mask = vlif_forward(x_seq, r, True, backend)
         ctx.save_for_backward(mask)
-        ctx.shape, ctx.r = x_seq.shape, r
+        ctx.shape, ctx.r, ctx.backend = list(x_seq.shape), r, backend
         return spikes
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y: torch.Tensor):
         (mask,) = ctx.saved_tensors
-        return _vlif_backward(grad_y, mask, ctx.shape, ctx.r), None
+        return vlif_backward(grad_y, mask, ctx.shape, ctx.r, ctx.backend), None, None
 
 
-def vlif_spikes(x_seq: torch.Tensor, r: int) -> torch.Tensor:
+def vlif_spikes(x_seq: torch.Tensor, r: int, backend: str = "auto") -> torch.Tensor:
     """Fast ``time_to_patch(ni_lif(patch_to_time(x_seq, r)), T, r)``: ``[T*B, C*r*r, H/r, W/r]``."""
     if x_seq.shape[-2] % r or x_seq.shape[-1] % r:
         raise ValueError(f"patch-to-time needs H and W divisible by r={r}, got {tuple(x_seq.shape[-2:])}")
     if needs_grad(x_seq):
-        return VLIFSpikeFunction.apply(x_seq, r)
-    return _vlif_forward(x_seq, r, False)[0]
+        return VLIFSpikeFunction.apply(x_seq, r, backend)
+    return vlif_forward(x_seq, r, False, backend)[0]
+
+
+@torch.library.custom_op("spiking_derain::upsample2x", mutates_args=())
+def upsample2x(y: torch.Tensor) -> torch.Tensor:
+    """Bilinear x2 resize (``align_corners=False``) ``[N, C, h, w]`` -> ``[N, C, 2h, 2w]``, native
+    kernel. Exact for inputs that are multiples of 1/4 in [0, 1] (every product and sum is
+    exact in float32), which NI-LIF spikes are."""
+    lib = native.load()
+    y = y.detach().contiguous()
+    N, C, h, w = y.shape
+    out = y.new_empty(N, C, 2 * h, 2 * w)
+    for_native(N * C, lambda lo, hi: lib.upsample2x_bilinear(data_ptr(y), data_ptr(out), h, w, lo, hi),
+               unit=4 * h * w, align=1)
+    return out
+
+
+@upsample2x.register_fake
+def _(y: torch.Tensor) -> torch.Tensor:
+    N, C, h, w = y.shape
+    return y.new_empty(N, C, 2 * h, 2 * w)
+
+
+@torch.library.custom_op("spiking_derain::upsample2x_backward", mutates_args=())
+def upsample2x_backward(grad: torch.Tensor) -> torch.Tensor:
+    """The adjoint of :func:`upsample2x`: ``[N, C, 2h, 2w]`` -> ``[N, C, h, w]``."""
+    lib = native.load()
+    grad = grad.detach().contiguous()
+    N, C, H, W = grad.shape
+    h, w = H // 2, W // 2
+    out = grad.new_empty(N, C, h, w)
+    for_native(N * C, lambda lo, hi: lib.upsample2x_bilinear_backward(data_ptr(grad), data_ptr(out), h, w, lo, hi),
+               unit=4 * h * w, align=1)
+    return out
+
+
+@upsample2x_backward.register_fake
+def _(grad: torch.Tensor) -> torch.Tensor:
+    N, C, H, W = grad.shape
+    return grad.new_empty(N, C, H // 2, W // 2)
 
 
 class Upsample2xFunction(torch.autograd.Function):
-    """Bilinear x2 resize (``align_corners=False``) of VLIF's spikes, ``[N, C, h, w]`` ->
-    ``[N, C, 2h, 2w]``, native kernels both ways. Exact for inputs that are multiples of 1/4
-    in [0, 1] (every product and sum is exact in float32), which NI-LIF spikes are."""
+    """:func:`upsample2x` with its adjoint as the backward (VLIF's spike resize)."""
 
     @staticmethod
     def forward(ctx, y: torch.Tensor) -> torch.Tensor:
-        lib = native.load()
-        y = y.detach().contiguous()
-        N, C, h, w = y.shape
-        out = y.new_empty(N, C, 2 * h, 2 * w)
-        for_native(N * C, lambda lo, hi: lib.upsample2x_bilinear(data_ptr(y), data_ptr(out), h, w, lo, hi),
-                    unit=4 * h * w, align=1)
-        return out
+        return upsample2x(y)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        lib = native.load()
-        grad = grad.contiguous()
-        N, C, H, W = grad.shape
-        h, w = H // 2, W // 2
-        out = grad.new_empty(N, C, h, w)
-        for_native(N * C, lambda lo, hi: lib.upsample2x_bilinear_backward(data_ptr(grad), data_ptr(out), h, w, lo, hi),
-                    unit=4 * h * w, align=1)
-        return out
+        return upsample2x_backward(grad)
 
 
-def upsample_spikes(y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def upsample_spikes(y: torch.Tensor, size: tuple[int, int], backend: str = "auto") -> torch.Tensor:
     """``F.interpolate(y, size, mode="bilinear", align_corners=False)`` for VLIF's spikes:
     the native exact x2 kernel where it applies, ``F.interpolate`` otherwise."""
     h, w = y.shape[-2:]
-    if tuple(size) == (2 * h, 2 * w) and h > 0 and w > 0 and native_lib(y) is not None:
+    if tuple(size) == (2 * h, 2 * w) and h > 0 and w > 0 and native_lib(backend, y) is not None:
         return Upsample2xFunction.apply(y)
     return F.interpolate(y, size=size, mode="bilinear", align_corners=False)

@@ -11,16 +11,18 @@ Shapes are those of the issue and do not change with ``--quick`` (only repetitio
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Any, Callable
 
 import torch
+import torch.nn as nn
 
 from models import build_model
 from models import kernels as fast_kernels
 from models.neurons import VLIF, lif, neuron_impl, ni_lif_reference, patch_to_time, time_to_patch
 from utils.fuse import auto_tile_batch, prepare_for_inference
-from utils.inference import tiled_forward
+from utils.inference import restore
 
 from .measure import Pair
 
@@ -42,7 +44,7 @@ def _fwd_bwd(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grad: 
     leaf = x.detach().clone().requires_grad_(True)
 
     def run() -> tuple:
-        with neuron_impl(impl):
+        with neuron_impl(fn, impl) if isinstance(fn, nn.Module) else contextlib.nullcontext():
             if before is not None:
                 before()
             leaf.grad = None
@@ -105,7 +107,7 @@ def train_case(device: torch.device, reps: int, quick: bool) -> Pair:
 
     def step(impl: str, n: int = TRAIN_BATCH) -> Callable[[], torch.Tensor]:
         def run() -> torch.Tensor:
-            with neuron_impl(impl):
+            with neuron_impl(net, impl):
                 opt.zero_grad(set_to_none=True)
                 out = net(x[:n])
                 loss_fn(out, y[:n]).backward()
@@ -138,13 +140,13 @@ def inference_cases(device: torch.device, reps: int, quick: bool) -> list[Pair]:
 
     def run(impl: str, model: torch.nn.Module, batch: int, image: torch.Tensor) -> Callable[[], torch.Tensor]:
         def go() -> torch.Tensor:
-            with neuron_impl(impl):
-                return tiled_forward(model, image, CROP, OVERLAP, tile_batch=batch)
+            with neuron_impl(model, impl):
+                return restore(model, image, CROP, OVERLAP, tile_batch=batch)
         return go
 
     def warm(impl: str, model: torch.nn.Module, batch: int) -> Callable[[], torch.Tensor]:
         def go() -> torch.Tensor:
-            with neuron_impl(impl), torch.inference_mode():
+            with neuron_impl(model, impl), torch.inference_mode():
                 return model(tile.expand(batch, -1, -1, -1).contiguous())
         return go
 
