@@ -33,13 +33,13 @@ from options.test_options import parse_test_args
 from data.registry import BenchmarkError
 from utils.benchmark import run_benchmark
 from utils.checkpoint import CheckpointError, load_model
-from utils.energy import EnergyMeter
-from utils.energy_report import format_table as format_energy
+from utils.energy.meter import EnergyMeter
+from utils.energy.report import format_table as format_energy
 from utils.evaluation import format_table, score, summarise, write_csv, write_json
 from utils.fuse import prepare_for_inference, resolve_tile_batch
 from utils.inference import restore_stream
 from utils.logger import setup_logging
-from utils.device import pick_device
+from utils.training.device import pick_device
 
 log = logging.getLogger("test")
 

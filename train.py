@@ -38,21 +38,21 @@ from models.neurons import set_neuron_impl
 from options.common import network_overrides
 from options.presets import DEMO_DATA_ROOT
 from options.train_options import AUTO, args_to_dict, parse_train_args, peek_resume
-from utils import distributed
+from utils.training import distributed
 from utils.checkpoint import CheckpointError, atomic_save, load_model, load_state_dict_strict
-from utils.device import Amp, pick_device, setup_amp
-from utils.ema import ModelEMA
+from utils.training.device import Amp, pick_device, setup_amp
+from utils.training.ema import ModelEMA
 from utils.evaluation import score, summarise
-from utils.firing import firing_rate
+from utils.training.firing import firing_rate
 from utils.fuse import resolve_tile_batch
-from utils.guards import NonFiniteGuard, NonFiniteLossError, RunError, check_finite_weights
+from utils.training.guards import NonFiniteGuard, NonFiniteLossError, RunError, check_finite_weights
 from utils.inference import restore
 from utils.logger import NullWriter, make_writer, open_step_log, setup_logging, start_log_file
 from utils.losses import build_loss
-from utils.rng import seed_everything
-from utils.schedule import build_scheduler
-from utils.signals import GracefulStop, ignore_stop_signals, signal_exit_code
-from utils.train_checkpoint import (TrainState, find_resume_checkpoint, load_training_state, read_training_checkpoint,
+from utils.training.rng import seed_everything
+from utils.training.schedule import build_scheduler
+from utils.training.signals import GracefulStop, ignore_stop_signals, signal_exit_code
+from utils.training.resume import (TrainState, find_resume_checkpoint, load_training_state, read_training_checkpoint,
                                     remove_stale_temp_files, training_checkpoint, weights_only)
 
 EXIT_BAD_INPUT, EXIT_NONFINITE = 2, 3

@@ -9,7 +9,7 @@ Every file the project writes goes through :func:`atomic_write`: a temporary fil
 target's folder, renamed over the target. A crash, a full disk or a kill at any point leaves
 either the old file or the new one, never a partial file. Files get the permissions the user's
 umask gives (0644 under umask 022), as ``open()`` would. Temporary files are named
-``.<name>.<random>.tmp`` (what :func:`utils.train_checkpoint.remove_stale_temp_files` cleans up after
+``.<name>.<random>.tmp`` (what :func:`utils.training.resume.remove_stale_temp_files` cleans up after
 a kill -9).
 """
 from __future__ import annotations

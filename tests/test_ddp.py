@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 from cli_helpers import TINY_NET_FLAGS
 from models import build_model
 from utils.checkpoint import load_model
-from utils.distributed import parameter_digest, replica_digests
+from utils.training.distributed import parameter_digest, replica_digests
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from spikingjelly.activation_based import layer
 
-from utils.distributed import SyncThresholdDependentBatchNorm2d, convert_sync_tdbn
+from utils.training.distributed import SyncThresholdDependentBatchNorm2d, convert_sync_tdbn
 
 
 def free_port() -> int:

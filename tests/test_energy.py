@@ -11,8 +11,8 @@ from spikingjelly.activation_based import layer, neuron
 from models import build_model
 from models.neurons import NILIF, lif
 from tools.energy import main
-from utils.energy import E_AC_PJ, E_MAC_PJ, EnergyMeter, classify_input, measure
-from utils.energy_report import format_layers, format_table
+from utils.energy.meter import E_AC_PJ, E_MAC_PJ, EnergyMeter, classify_input, measure
+from utils.energy.report import format_layers, format_table
 
 
 @pytest.fixture(autouse=True, scope="module")

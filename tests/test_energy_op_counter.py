@@ -7,9 +7,9 @@ import torch
 import torch.nn as nn
 
 from models import build_model
-from utils.energy import measure
-from utils.energy_op_counter import measure_with_op_counter
-from utils.energy_report import format_op_counter
+from utils.energy.meter import measure
+from utils.energy.op_counter import measure_with_op_counter
+from utils.energy.report import format_op_counter
 
 
 def _conv_counts(conv: nn.Module, x: torch.Tensor) -> tuple[float, float, float, float]:

@@ -14,7 +14,7 @@ from cli_helpers import TINY_NET_FLAGS, load_script
 from data.io import read_image
 from options.test_options import DEMO_WEIGHTS
 from utils.checkpoint import load_model
-from utils.schedule import lr_at_epoch
+from utils.training.schedule import lr_at_epoch
 
 
 train_cli, test_cli = load_script("train"), load_script("test")

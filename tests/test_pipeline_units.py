@@ -18,9 +18,9 @@ from models import build_model
 from options.train_options import parse_train_args
 from utils.losses import SSIMLoss, ssim_differentiable, ssim_map
 from utils.inference import blend_weight, restore, restore_stream, tile_starts
-from utils.firing import firing_rate
-from utils.rng import get_rng_state, set_rng_state
-from utils.schedule import build_scheduler, lr_at_epoch
+from utils.training.firing import firing_rate
+from utils.training.rng import get_rng_state, set_rng_state
+from utils.training.schedule import build_scheduler, lr_at_epoch
 
 
 # ----------------------------------------------------------------------------- loss

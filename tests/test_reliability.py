@@ -26,10 +26,10 @@ from data.dataset import EpochBatchSampler, PairedImageDataset
 from data.io import DataError, check_images, check_output_dir, read_image
 from models import build_model
 from utils.checkpoint import atomic_save, make_checkpoint, read_checkpoint
-from utils.device import setup_amp
-from utils.guards import NonFiniteGuard, NonFiniteLossError, RunError, check_finite_weights
-from utils.signals import GracefulStop
-from utils.train_checkpoint import find_resume_checkpoint, remove_stale_temp_files
+from utils.training.device import setup_amp
+from utils.training.guards import NonFiniteGuard, NonFiniteLossError, RunError, check_finite_weights
+from utils.training.signals import GracefulStop
+from utils.training.resume import find_resume_checkpoint, remove_stale_temp_files
 
 ROOT = Path(__file__).resolve().parents[1]
 

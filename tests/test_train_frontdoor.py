@@ -13,7 +13,7 @@ import torch
 from cli_helpers import TINY_NET_FLAGS, load_script
 from options.train_options import parse_train_args
 from utils.checkpoint import load_model
-from utils.train_checkpoint import has_training_state
+from utils.training.resume import has_training_state
 
 train_cli = load_script("train")
 RUN_FLAGS = ["--patch_size_train", "16", "--batch_size", "1", "--no-progress", "--no-tensorboard", "--seed", "3",

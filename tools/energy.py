@@ -1,5 +1,5 @@
 """``python -m tools.energy``: per-layer MACs, synaptic operations, firing rates and energy of
-VLIFNet / ESDNet on one image (SPEC 9; the accounting is :mod:`utils.energy`)."""
+VLIFNet / ESDNet on one image (SPEC 9; the accounting is :mod:`utils.energy.meter`)."""
 from __future__ import annotations
 
 import argparse
@@ -15,9 +15,9 @@ from data.io import DataError, read_image, to_tensor
 from data.synthetic_rain import demo_pair
 from models import build_model
 from utils.checkpoint import CheckpointError, load_model
-from utils.energy import E_AC_PJ, E_MAC_PJ, measure
-from utils.energy_op_counter import measure_with_op_counter
-from utils.energy_report import format_layers, format_op_counter, format_table, plot_summary
+from utils.energy.meter import E_AC_PJ, E_MAC_PJ, measure
+from utils.energy.op_counter import measure_with_op_counter
+from utils.energy.report import format_layers, format_op_counter, format_table, plot_summary
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,7 +28,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from spikingjelly.activation_based import layer
 
-from utils.guards import RunError
+from utils.training.guards import RunError
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""What one call of a layer costs (SPEC section 9): the counting rules behind :mod:`utils.energy`.
+"""What one call of a layer costs (SPEC section 9): the counting rules behind :mod:`utils.energy.meter`.
 
 The per-call rules (input kind, dense MACs, events) and the running totals per layer and per
 neuron layer. Binary inputs are recognised with spikingjelly's ``op_counter.is_binary_tensor``

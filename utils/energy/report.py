@@ -1,4 +1,4 @@
-"""Tables and figures of :mod:`utils.energy` summaries (plain, JSON-ready dicts); the command line is :mod:`tools.energy`."""
+"""Tables and figures of :mod:`utils.energy.meter` summaries (plain, JSON-ready dicts); the command line is :mod:`tools.energy`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -78,7 +78,7 @@ def _same(a: float, b: float) -> bool:
 
 def format_op_counter(summary: dict[str, Any], max_layers: int = 8) -> str:
     """Our counts beside spikingjelly op_counter's on the same forward
-    (:func:`utils.energy_op_counter.measure_with_op_counter`), with the layers that differ."""
+    (:func:`utils.energy.op_counter.measure_with_op_counter`), with the layers that differ."""
     oc = summary["op_counter"]
     multi = summary["input_kind_fraction"]["multi-level"] * summary["dense_macs"]
     lines = [

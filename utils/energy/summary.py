@@ -1,7 +1,7 @@
-"""From the running totals of :class:`utils.energy.EnergyMeter` to the per-image summary:
+"""From the running totals of :class:`utils.energy.meter.EnergyMeter` to the per-image summary:
 energy by each layer's actual input, the ANN-equivalent and the SNN-paper convention (SPEC
 section 9), per layer, per block and in total. Plain, JSON-ready dicts; tables and figures of
-them are :mod:`utils.energy_report`.
+them are :mod:`utils.energy.report`.
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any, Iterable
 
 import torch.nn as nn
 
-from utils.energy_counts import KINDS, PJ_PER_MJ, LayerStats, NeuronStats, count_parameters
+from utils.energy.counts import KINDS, PJ_PER_MJ, LayerStats, NeuronStats, count_parameters
 
 CONVENTION_RULE = ("first layer at E_MAC; every other layer: dense MACs x firing rate of the last neuron "
                    "layer that ran before it x E_AC, whatever its actual input")

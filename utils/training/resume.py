@@ -19,8 +19,8 @@ import torch
 import torch.nn as nn
 
 from utils.checkpoint import CheckpointError, atomic_save, load_state_dict_strict, make_checkpoint, read_checkpoint
-from utils.ema import ModelEMA
-from utils.rng import get_rng_state, set_rng_state
+from utils.training.ema import ModelEMA
+from utils.training.rng import get_rng_state, set_rng_state
 
 __all__ = [
     "TrainState", "has_training_state", "read_training_checkpoint", "training_checkpoint", "weights_only",

@@ -1,8 +1,8 @@
-"""Cross-check of :mod:`utils.energy` against spikingjelly 2.0's ``op_counter`` on the same forward.
+"""Cross-check of :mod:`utils.energy.meter` against spikingjelly 2.0's ``op_counter`` on the same forward.
 
 ``op_counter`` counts at the ATen level (a ``TorchDispatchMode``): every convolution and matrix
 product, whichever module or function issued it. Run together with an
-:class:`~utils.energy.EnergyMeter`, its ``MACCounter`` (batch norm ignored, as in SPEC 9) and
+:class:`~utils.energy.meter.EnergyMeter`, its ``MACCounter`` (batch norm ignored, as in SPEC 9) and
 ``SynOpCounter`` see exactly the tensors our hooks see, so the two can be compared layer by
 layer. Where they count the same thing they agree to the operation; where they differ, by
 design (docs/energy.md, "spikingjelly's op_counter"):
@@ -23,7 +23,7 @@ import torch.nn as nn
 from spikingjelly.activation_based.op_counter import DispatchCounterMode, MACCounter, SynOpCounter
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from utils.energy import E_AC_PJ, E_MAC_PJ, EnergyMeter
+from utils.energy.meter import E_AC_PJ, E_MAC_PJ, EnergyMeter
 
 
 def _scope_total(counter: Any, scope: str) -> int:
@@ -33,7 +33,7 @@ def _scope_total(counter: Any, scope: str) -> int:
 def measure_with_op_counter(
     model: nn.Module, x: torch.Tensor, e_mac_pj: float = E_MAC_PJ, e_ac_pj: float = E_AC_PJ
 ) -> dict[str, Any]:
-    """Like :func:`utils.energy.measure`, with op_counter's counts of the same forward call added
+    """Like :func:`utils.energy.meter.measure`, with op_counter's counts of the same forward call added
     under ``"op_counter"``: totals, per layer beside ours, and what it counted outside them.
 
     All counts are per image of the batch ``x``, as in the rest of the summary.

@@ -8,7 +8,7 @@ forward calls as you like::
 
     with EnergyMeter(model) as meter, torch.no_grad():
         model(img)
-    print(utils.energy_report.format_table(meter.summary()))
+    print(utils.energy.report.format_table(meter.summary()))
 
 Per multiplying layer and call it records the dense multiply-accumulates for the real input
 size and T, and decides from the values it sees what the input was:
@@ -39,9 +39,9 @@ Not counted: bias additions, batch norm (foldable into the preceding convolution
 inference), pooling, interpolation, element-wise mixing and gating, the neuron updates.
 Hooks see eager execution only (not a ``torch.compile``'d graph).
 
-This module holds the hooks; the per-call counting rules are :mod:`utils.energy_counts`, the
-per-image summary :mod:`utils.energy_summary`, and the cross-check against spikingjelly's
-``op_counter`` :mod:`utils.energy_op_counter`.
+This module holds the hooks; the per-call counting rules are :mod:`utils.energy.counts`, the
+per-image summary :mod:`utils.energy.summary`, and the cross-check against spikingjelly's
+``op_counter`` :mod:`utils.energy.op_counter`.
 """
 from __future__ import annotations
 
@@ -54,11 +54,11 @@ import torch
 import torch.nn as nn
 
 from models.neurons import VLIF, neuron_impl
-from utils.energy_counts import (
+from utils.energy.counts import (
     E_AC_PJ, E_MAC_PJ, KINDS, MAC_LAYERS, LayerStats, NeuronStats, classify_input, count_parameters, layer_macs,
     neuron_levels,
 )
-from utils.energy_summary import build_summary
+from utils.energy.summary import build_summary
 
 __all__ = [
     "E_AC_PJ", "E_MAC_PJ", "KINDS", "EnergyMeter", "LayerStats", "NeuronStats", "classify_input",

@@ -7,7 +7,7 @@ from typing import ContextManager
 
 import torch
 
-from utils.guards import RunError
+from utils.training.guards import RunError
 
 __all__ = ["pick_device", "Amp", "setup_amp"]
 
