@@ -10,25 +10,13 @@ from typing import Sequence
 from data.registry import DATASETS, DEMO_WEIGHTS, PRETRAINED_DIR, parse_weights_map
 from utils.metrics import PROTOCOLS
 
-from .common import add_inference_args, add_network_args
-
-
-class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Appends ``(default: X)`` once: not when the help already states its default (by hand or,
-    for ``BooleanOptionalAction``, by argparse itself), and not for ``None``, whose meaning the
-    help text says in words."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if action.default is None or "(default" in text:
-            return text
-        return super()._get_help_string(action)
+from .common import HelpFormatter, add_inference_args, add_network_args
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``test.py`` parser."""
     p = argparse.ArgumentParser(
-        prog="test.py", formatter_class=DefaultsHelpFormatter,
+        prog="test.py", formatter_class=HelpFormatter,
         description="Derain a folder of images and score it (PSNR/SSIM in three conventions, SPEC 7). "
                     "Without arguments: the demo on synthetic rain with the committed demo weights.",
     )
