@@ -47,6 +47,7 @@ from utils.training.firing import firing_rate
 from utils.fuse import resolve_tile_batch
 from utils.training.guards import NonFiniteGuard, NonFiniteLossError, RunError, check_finite_weights
 from utils.inference import restore
+from utils.metrics import PROTOCOLS
 from utils.logger import NullWriter, make_writer, open_step_log, setup_logging, start_log_file
 from utils.losses import build_loss
 from utils.training.rng import seed_everything
@@ -310,12 +311,12 @@ def validate_and_log(run: Run, state: TrainState) -> bool:
     """Validate, log, and update ``state.best``; returns True for a new best model."""
     net = run.ema.model if run.ema is not None else run.model
     result = validate(net, run.val_set, run.args, run.device)
-    for protocol, m in result["metrics"].items():
-        run.writer.add_scalar(f"val/psnr_{protocol}", m["psnr"], state.epoch)
-        run.writer.add_scalar(f"val/ssim_{protocol}", m["ssim"], state.epoch)
+    m = result["metrics"]  # {"psnr_<protocol>": dB, "ssim_<protocol>": value}
+    for key, v in m.items():
+        run.writer.add_scalar(f"val/{key}", v, state.epoch)
     run.writer.add_scalar("val/firing_rate", result["firing_rate"], state.epoch)
-    value = result["metrics"][run.args.val_metric]["psnr"]
-    table = ", ".join(f"{p} {m['psnr']:.2f} dB / {m['ssim']:.4f}" for p, m in result["metrics"].items())
+    value = m[f"psnr_{run.args.val_metric}"]
+    table = ", ".join(f"{p} {m[f'psnr_{p}']:.2f} dB / {m[f'ssim_{p}']:.4f}" for p in PROTOCOLS)
     log.info("epoch %d step %d validation: %s; firing rate %.4f", state.epoch, state.global_step, table,
              result["firing_rate"])
     best = state.best["value"]

@@ -175,16 +175,15 @@ def test_failed_evaluation_is_listed_and_others_still_run(tmp_path):
     assert "- Rain200L: evaluation failed: RuntimeError: boom" in res["results_md"].read_text()
 
 
-def test_nested_metrics_and_non_finite_values(tmp_path):
+def test_non_finite_metrics(tmp_path):
     root = tmp_path / "data"
     _dataset(root, "Rain200H")
     wdir = _weights(tmp_path / "w", "Rain200H.pth")
 
-    def nested(input_dir, target_dir, weights, save_dir):  # the shape of utils.evaluation.summarise
-        return {"matlab-y": {"psnr": float("inf"), "ssim": 1.0}, "rgb": {"psnr": 40.0, "ssim": 0.99},
-                "num_images": 2}
+    def flat(input_dir, target_dir, weights, save_dir):  # a mean row, the shape of utils.evaluation.summarise
+        return {"psnr_matlab-y": float("inf"), "ssim_matlab-y": 1.0, "psnr_rgb": 40.0, "ssim_rgb": 0.99}
 
-    res = run_benchmark(root, wdir, tmp_path / "out", nested, names=["Rain200H"], protocols=["matlab-y", "rgb"])
+    res = run_benchmark(root, wdir, tmp_path / "out", flat, names=["Rain200H"], protocols=["matlab-y", "rgb"])
     assert res["rows"][0]["metrics"] == {"psnr_matlab-y": float("inf"), "ssim_matlab-y": 1.0,
                                          "psnr_rgb": 40.0, "ssim_rgb": 0.99}
     assert "| Rain200H | Rain200H.pth | 2 | inf | 1.0000 | 40.00 | 0.9900 |" in res["results_md"].read_text()

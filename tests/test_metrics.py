@@ -12,7 +12,7 @@ import skimage.data
 from scipy.signal import convolve2d
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from utils.evaluation import score
+from utils.evaluation import format_table, score, summarise
 from utils.metrics import (
     PROTOCOLS,
     psnr,
@@ -226,6 +226,20 @@ def test_small_images_give_nan_not_errors():
     assert math.isnan(ssim(a, b, "rgb"))
     values = score(img(5, 5), img(5, 5))
     assert math.isfinite(values["psnr_matlab-y"]) and math.isnan(values["ssim_rgb"])
+
+
+def test_mean_of_rows_is_a_row():
+    """summarise gives a row in score's flat shape; means skip non-finite values; the table reads it."""
+    rows = [{"name": "a", "psnr_rgb": 30.0, "ssim_rgb": 0.9, "psnr_matlab-y": float("inf"), "ssim_matlab-y": 1.0},
+            {"name": "b", "psnr_rgb": 20.0, "ssim_rgb": float("nan"), "psnr_matlab-y": 25.0, "ssim_matlab-y": 0.5}]
+    mean = summarise(rows, ["matlab-y", "rgb"])
+    assert mean == {"psnr_matlab-y": 25.0, "ssim_matlab-y": 0.75, "psnr_rgb": 25.0, "ssim_rgb": 0.9}
+    row = score(np.zeros((8, 8, 3), np.uint8), np.full((8, 8, 3), 9, np.uint8))
+    assert list(summarise([row, row])) == list(row)  # the same keys, in the same order
+    assert math.isnan(summarise([], ["rgb"])["psnr_rgb"])
+    table = format_table({"derained": mean}, 2).splitlines()
+    assert table[1:] == [f"{'derained':<14}{'matlab-y':<11}{25.0:>10.2f}{0.75:>9.4f}",
+                         f"{'derained':<14}{'rgb':<11}{25.0:>10.2f}{0.9:>9.4f}"]
 
 
 @pytest.mark.parametrize(

@@ -126,7 +126,8 @@ def test_test_folder_then_metrics_only(pipeline_run, tmp_path):
     assert [r["name"] for r in rows] == ["v"]
     assert {"psnr_matlab-y", "ssim_esdnet-y", "psnr_rgb", "input_psnr_matlab-y"} <= set(rows[0])
     means = json.loads((out / "metrics.json").read_text())["means"]
-    assert set(means) == {"derained", "rainy input"} and set(means["derained"]) == {"matlab-y", "esdnet-y", "rgb"}
+    assert set(means) == {"derained", "rainy input"} and set(means["derained"]) == {
+        f"{m}_{p}" for p in ("matlab-y", "esdnet-y", "rgb") for m in ("psnr", "ssim")}
     scored = tmp_path / "scored"
     assert test_cli.main(["--metrics_only", "--data_path", str(out), "--target_path", str(val / "target"),
                           "--save_path", str(scored)]) == 0
@@ -153,4 +154,4 @@ def test_demo_runs_without_arguments(tmp_path, monkeypatch, capsys):
     table = capsys.readouterr().out
     assert "rainy input" in table and "derained" in table and "matlab-y" in table
     means = json.loads((tmp_path / "results/demo/derained/metrics.json").read_text())["means"]
-    assert means["derained"]["matlab-y"]["psnr"] > means["rainy input"]["matlab-y"]["psnr"] + 0.5  # 19.21 vs 18.33
+    assert means["derained"]["psnr_matlab-y"] > means["rainy input"]["psnr_matlab-y"] + 0.5  # 19.21 vs 18.33

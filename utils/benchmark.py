@@ -112,18 +112,6 @@ def write_results_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]
     return write_text_atomic(Path(path), buf.getvalue())
 
 
-def flatten_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """``{"psnr_<p>": .., "ssim_<p>": ..}`` from that flat form or from ``{p: {"psnr": .., "ssim": ..}}``
-    (:func:`utils.evaluation.summarise`); other keys are dropped."""
-    out: dict[str, float] = {}
-    for key, value in metrics.items():
-        if isinstance(value, Mapping):
-            out.update({f"{m}_{key}": float(v) for m, v in value.items() if m in ("psnr", "ssim")})
-        elif key.startswith(("psnr_", "ssim_")):
-            out[key] = float(value)
-    return out
-
-
 def _finite(value: Any) -> Any:
     """JSON-safe copy: inf/nan become null (strict JSON has no such numbers)."""
     if isinstance(value, float):
@@ -138,7 +126,7 @@ def _finite(value: Any) -> Any:
 def _evaluate(found: FoundSet, weights: Path, why: str, out_dir: Path, evaluate_fn: EvaluateFn) -> dict[str, Any]:
     name = found.info.name
     log.info("%s: %s with %s (%s) -> %s", name, found.input_dir, weights.name, why, out_dir / name)
-    metrics = flatten_metrics(evaluate_fn(found.input_dir, found.target_dir, weights, out_dir / name))
+    metrics = {k: float(v) for k, v in evaluate_fn(found.input_dir, found.target_dir, weights, out_dir / name).items()}
     return {"dataset": name, "weights": weights.name, "weights_path": str(weights), "why": why,
             "images": len(dataset_images(found.input_dir)), "scored": found.target_dir is not None, "metrics": metrics}
 
@@ -150,8 +138,8 @@ def run_benchmark(data_root: str | os.PathLike, weights_dir: str | os.PathLike |
 
     ``evaluate_fn(input_dir, target_dir_or_None, weights_path, save_dir)`` derains one folder,
     writes its outputs (and per-image metrics) in ``save_dir = out_dir/<name>`` and returns the
-    mean metrics ``{"psnr_<protocol>": dB, "ssim_<protocol>": value}`` or
-    ``{protocol: {"psnr": dB, "ssim": value}}`` (empty without targets).
+    mean metrics as one flat row ``{"psnr_<protocol>": dB, "ssim_<protocol>": value}``
+    (:func:`utils.evaluation.summarise`; empty without targets).
     A dataset whose evaluation raises is logged with its traceback and listed as failed; the
     others still run. Returns ``{"rows", "skipped", "failed", "results_md", "results_csv",
     "results_json"}``; callers should exit non-zero when ``failed`` is not empty.

@@ -34,20 +34,24 @@ def _mean(values: Iterable[float]) -> float:
     return float(np.mean(finite)) if finite else float("nan")
 
 
-def summarise(rows: Sequence[Mapping[str, Any]], protocols: Sequence[str] = PROTOCOLS) -> dict[str, dict[str, float]]:
-    """Per-convention means of per-image rows: ``{protocol: {"psnr": dB, "ssim": value}}``."""
-    return {
-        p: {"psnr": _mean(r[f"psnr_{p}"] for r in rows), "ssim": _mean(r[f"ssim_{p}"] for r in rows)}
-        for p in protocols
-    }
+def summarise(rows: Sequence[Mapping[str, Any]], protocols: Sequence[str] = PROTOCOLS) -> dict[str, float]:
+    """The mean row of per-image rows, in the shape of :func:`score`:
+    ``{"psnr_<protocol>": mean dB, "ssim_<protocol>": mean value}`` for each protocol, each a mean
+    over the finite values (``nan`` when there are none). Other keys (``name``) are ignored.
+
+    This flat row is the one shape of metrics from :func:`score` to the table: :func:`format_table`,
+    ``metrics.json``'s ``means``, the validation in train.py and the benchmark table all read it.
+    """
+    return {key: _mean(r[key] for r in rows) for p in protocols for key in (f"psnr_{p}", f"ssim_{p}")}
 
 
-def format_table(summaries: Mapping[str, Mapping[str, Mapping[str, float]]], num_images: int) -> str:
-    """Plain-text table: one row per (label, convention), e.g. ``derained`` / ``rainy input``."""
+def format_table(summaries: Mapping[str, Mapping[str, float]], num_images: int) -> str:
+    """Plain-text table: one line per (label, convention) from mean rows (:func:`summarise`), e.g.
+    ``{"derained": row, "rainy input": row}``."""
     lines = [f"{'images':<14}{'convention':<11}{'PSNR (dB)':>10}{'SSIM':>9}   (mean of {num_images})"]
-    for label, summary in summaries.items():
-        for protocol, m in summary.items():
-            lines.append(f"{label:<14}{protocol:<11}{m['psnr']:>10.2f}{m['ssim']:>9.4f}")
+    for label, row in summaries.items():
+        for protocol in (k[len("psnr_"):] for k in row if k.startswith("psnr_")):
+            lines.append(f"{label:<14}{protocol:<11}{row[f'psnr_{protocol}']:>10.2f}{row[f'ssim_{protocol}']:>9.4f}")
     return "\n".join(lines)
 
 
