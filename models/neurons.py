@@ -17,7 +17,7 @@ for a block of code, :func:`neuron_impl`:
   gradients equal to float rounding, less memory; small C kernels built on first use
   (in-place PyTorch loops where no C compiler works, and on CUDA).
 The choice changes no parameter, buffer or state-dict key. Where a fast kernel does not
-cover a call (LIF on CUDA or in bfloat16, say), the neuron runs the reference code and says
+cover a call (LIF on CUDA or in float64, say), the neuron runs the reference code and says
 so once in the log.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from spikingjelly.activation_based import neuron, surrogate
 
 from . import kernels
-from .kernels.common import NILIF_DECAY, NILIF_LEVELS, patch_to_time, time_to_patch
+from .kernels.common import LOW_PRECISION, NILIF_DECAY, NILIF_LEVELS, patch_to_time, time_to_patch
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +55,14 @@ class _Switchable:
 
 
 class LIF(_Switchable, neuron.LIFNode):
-    """spikingjelly's LIFNode; with ``impl == "fast"`` its multi-step CPU float32 forward runs
-    :func:`models.kernels.lif_multi_step` (same spikes and membranes, bit for bit).
+    """spikingjelly's LIFNode; with ``impl == "fast"`` its multi-step CPU forward runs
+    :func:`models.kernels.lif_multi_step` (same spikes and membranes, bit for bit; bfloat16 and
+    float16 inputs charge and fire in float32).
 
     The kernel covers the released configuration that :meth:`released` builds (tau 2, no
     input decay, hard reset to 0 not detached, sigmoid surrogate), from a freshly reset or
-    gradient-free state. CUDA (where spikingjelly runs its own fused kernel), other dtypes
-    and other configurations run spikingjelly's code; the first such call is logged.
+    gradient-free state. CUDA (where spikingjelly runs its own fused kernel), float64 and
+    other configurations run spikingjelly's code; the first such call is logged.
     """
 
     @classmethod
@@ -87,7 +88,7 @@ class LIF(_Switchable, neuron.LIFNode):
         if not (isinstance(v, float) or not (torch.is_grad_enabled() and v.requires_grad)):
             return False  # a membrane that carries gradient from an earlier call: autograd must see it
         reason = ("CUDA" if x_seq.device.type != "cpu" else None) or (
-            str(x_seq.dtype) if x_seq.dtype != torch.float32 else None) or (
+            str(x_seq.dtype) if x_seq.dtype not in (torch.float32, *LOW_PRECISION) else None) or (
             None if self._kernel_fits() else "a non-released LIF configuration")
         if reason is not None:
             _log_fallback_once(reason)

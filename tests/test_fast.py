@@ -326,3 +326,23 @@ def test_kernels_are_pytorch_operators():
         cases.append((ops.upsample2x, (torch.randint(0, 5, (2, 3, 4, 5)).float() / 4,)))
     for op, args in cases:
         torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_inputs_fire_in_float32(backend, dtype, caplog):
+    """Mixed precision: the kernels take bf16/fp16 tensors, decide spikes from float32
+    membranes, and return spikes (exact multiples of 1/4) and gradients in the input dtype."""
+    x = (torch.randn(4, 2, 3, 8, 10) * 2).to(dtype)
+    grad = torch.randn_like(x)
+    y, g = _fwd_bwd(lambda v: kernels.ni_lif(v, backend), x, grad)
+    y32, g32 = _fwd_bwd(ni_lif_reference, x.float(), grad.float())
+    assert y.dtype == g.dtype == dtype and torch.equal(y.float(), y32) and torch.equal(g, g32.to(dtype))
+    spikes = kernels.upsample_spikes(kernels.vlif_spikes(x, 2, backend), (8, 10), backend)
+    assert spikes.dtype == dtype
+    assert torch.equal(spikes.float(), kernels.upsample_spikes(kernels.vlif_spikes(x.float(), 2), (8, 10)))
+    node = set_neuron_impl(lif(), "fast", backend)
+    with caplog.at_level("INFO", logger="models.neurons"):
+        y_lif = node(x * 0.1)
+    assert y_lif.dtype == dtype and not [r for r in caplog.records if "not used" in r.getMessage()]
+    node_ref = set_neuron_impl(lif(), "reference")
+    assert torch.equal(y_lif.float(), node_ref((x * 0.1).float()))

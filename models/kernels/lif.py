@@ -12,6 +12,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .backend import data_ptr, for_native, for_torch_chunks, native_lib, needs_grad
+from .common import LOW_PRECISION
 
 
 @torch.library.custom_op("spiking_derain::lif_forward", mutates_args=())
@@ -124,8 +125,12 @@ def lif_multi_step(
     """Spikes ``[T, ...]`` and final membrane ``[...]`` of the released LIF from ``v0``.
 
     ``v0`` is a constant (no gradient flows into it): :class:`models.neurons.LIF` only calls
-    this on a freshly reset or gradient-free state.
+    this on a freshly reset or gradient-free state. bfloat16 / float16 input (mixed precision):
+    membranes in float32, spikes returned in the input's dtype, the final membrane in float32.
     """
+    if x_seq.dtype in LOW_PRECISION:
+        spikes, v = lif_multi_step(x_seq.float(), v0.float(), tau, v_th, alpha, backend)
+        return spikes.to(x_seq.dtype), v
     if needs_grad(x_seq):
         return LIFFunction.apply(x_seq, v0.detach(), tau, v_th, alpha, backend)
     x = x_seq.contiguous()

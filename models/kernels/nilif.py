@@ -17,7 +17,7 @@ from torch.autograd.function import once_differentiable
 
 from . import native
 from .backend import data_ptr, for_native, for_torch_chunks, native_lib, needs_grad
-from .common import NILIF_DECAY, NILIF_LEVELS, patch_to_time, time_to_patch
+from .common import LOW_PRECISION, NILIF_DECAY, NILIF_LEVELS, patch_to_time, time_to_patch
 
 
 @torch.library.custom_op("spiking_derain::nilif_forward", mutates_args=())
@@ -104,7 +104,12 @@ class NILIFFunction(torch.autograd.Function):
 
 
 def ni_lif(x_seq: torch.Tensor, backend: str = "auto") -> torch.Tensor:
-    """Fast NI-LIF: same contract and bits as :func:`models.neurons.ni_lif_reference`."""
+    """Fast NI-LIF: same contract and bits as :func:`models.neurons.ni_lif_reference`.
+
+    bfloat16 / float16 input (mixed precision): the membranes and spikes are computed in
+    float32 and the spikes returned in the input's dtype (exact: they are multiples of 1/4)."""
+    if x_seq.dtype in LOW_PRECISION:
+        return ni_lif(x_seq.float(), backend).to(x_seq.dtype)
     if needs_grad(x_seq):
         return NILIFFunction.apply(x_seq, backend)
     x = x_seq.contiguous()
@@ -189,6 +194,8 @@ def vlif_spikes(x_seq: torch.Tensor, r: int, backend: str = "auto") -> torch.Ten
     """Fast ``time_to_patch(ni_lif(patch_to_time(x_seq, r)), T, r)``: ``[T*B, C*r*r, H/r, W/r]``."""
     if x_seq.shape[-2] % r or x_seq.shape[-1] % r:
         raise ValueError(f"patch-to-time needs H and W divisible by r={r}, got {tuple(x_seq.shape[-2:])}")
+    if x_seq.dtype in LOW_PRECISION:  # membranes in float32, as ni_lif
+        return vlif_spikes(x_seq.float(), r, backend).to(x_seq.dtype)
     if needs_grad(x_seq):
         return VLIFSpikeFunction.apply(x_seq, r, backend)
     return vlif_forward(x_seq, r, False, backend)[0]
@@ -250,6 +257,8 @@ def upsample_spikes(y: torch.Tensor, size: tuple[int, int], backend: str = "auto
     """``F.interpolate(y, size, mode="bilinear", align_corners=False)`` for VLIF's spikes:
     the native exact x2 kernel where it applies, ``F.interpolate`` otherwise."""
     h, w = y.shape[-2:]
+    if y.dtype in LOW_PRECISION:  # x2 weights on k/4 spikes give multiples of 1/16: exact in 16 bits
+        return upsample_spikes(y.float(), size, backend).to(y.dtype)
     if tuple(size) == (2 * h, 2 * w) and h > 0 and w > 0 and native_lib(backend, y) is not None:
         return Upsample2xFunction.apply(y)
     return F.interpolate(y, size=size, mode="bilinear", align_corners=False)
