@@ -81,14 +81,22 @@ def run(args: argparse.Namespace, items: list[tuple[Path, Path | None]], net: nn
 
     Images are read as the network needs them: tiles of consecutive images share network calls.
     """
-    rows, input_rows = [], []
     inputs = (read_image(path) for path, _ in items)
     pairs = ((img, img) for img in inputs) if net is None else restore_stream(
         net, inputs, args.crop_size, args.overlap_size, args.tile_batch, device)
     bar = tqdm(zip(items, pairs), total=len(items), desc="derain" if net is not None else "score",
                dynamic_ncols=True)
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
+    with torch.autocast(device.type, dtype=amp, enabled=amp is not None and net is not None):
+        return _write_and_score(args, bar)
+
+
+def _write_and_score(args: argparse.Namespace, bar) -> tuple[list[dict], list[dict]]:
+    """Consume ``(item, (input, output))`` pairs: write each output, score it and the input."""
+    derained = not args.metrics_only
+    rows, input_rows = [], []
     for (path, target_path), (img, out) in bar:
-        if net is not None:
+        if derained:
             write_png(args.save_path / f"{path.stem}.png", out)
         if target_path is None:
             continue
@@ -97,7 +105,7 @@ def run(args: argparse.Namespace, items: list[tuple[Path, Path | None]], net: nn
             raise DataError(f"{path} is {out.shape[1]}x{out.shape[0]} but {target_path} is "
                             f"{target.shape[1]}x{target.shape[0]}: results and targets must match in size")
         rows.append({"name": path.stem, **score(out, target, args.protocols)})
-        if args.score_input and net is not None:
+        if args.score_input and derained:
             input_rows.append({"name": path.stem, **score(img, target, args.protocols)})
     return rows, input_rows
 
@@ -115,7 +123,8 @@ def report(args: argparse.Namespace, rows: list[dict], input_rows: list[dict], s
         "num_images": len(rows), "protocols": list(args.protocols), "means": summaries,
         "data_path": str(args.data_path), "target_path": str(args.target_path),
         "weights": None if args.metrics_only else str(args.weights),
-        "crop_size": args.crop_size, "overlap_size": args.overlap_size, "seconds": round(seconds, 3),
+        "crop_size": args.crop_size, "overlap_size": args.overlap_size, "amp": args.amp,
+        "seconds": round(seconds, 3),
     })
     return format_table(summaries, len(rows))
 

@@ -23,6 +23,17 @@ class SpikingRestorationNet(nn.Module):
     def forward_aligned(self, img: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def descend(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The part of the U-Net both networks share (their released layers have the same
+        names): the image repeated over ``T`` steps, encoder levels 1-3 and decoder level 3.
+        Returns ``e1`` ``[T, B, dim, H, W]`` and the level-3 output upsampled and joined with
+        ``e2``, ``[T, B, 4 dim, H/2, W/2]``."""
+        x_seq = img.unsqueeze(0).repeat(self.T, 1, 1, 1, 1)  # [T, B, 3, H, W]
+        e1 = self.encoder_level1(self.patch_embed.proj(x_seq))
+        e2 = self.encoder_level2(self.down1_2(e1))
+        d3 = self.decoder_level3(self.encoder_level3(self.down2_3(e2)))
+        return e1, torch.cat([self.up3_2(d3), e2], dim=2)
+
     def reset_state(self) -> None:
         """Clear the membrane state of every spikingjelly neuron in the network."""
         for module in self.modules():

@@ -85,13 +85,8 @@ class ESDNet(SpikingRestorationNet):
 
     size_multiple = 4
 
-    def __init__(
-        self,
-        dim: int = 48,
-        en_num_blocks: Sequence[int] = (4, 4, 8, 8),
-        de_num_blocks: Sequence[int] = (2, 2, 2, 2),
-        T: int = 4,
-    ):
+    def __init__(self, dim: int = 48, en_num_blocks: Sequence[int] = (4, 4, 8, 8),
+                 de_num_blocks: Sequence[int] = (2, 2, 2, 2), T: int = 4):
         super().__init__()
         self.config = dict(dim=dim, en_num_blocks=list(en_num_blocks), de_num_blocks=list(de_num_blocks), T=T)
         self.T = T
@@ -116,12 +111,7 @@ class ESDNet(SpikingRestorationNet):
         self.output = nn.Sequential(nn.Conv2d(dim * 2, 3, 3, padding=1, bias=True))
 
     def forward_aligned(self, img: torch.Tensor) -> torch.Tensor:
-        x_seq = img.unsqueeze(0).repeat(self.T, 1, 1, 1, 1)  # [T, B, 3, H, W]
-        e1 = self.encoder_level1(self.patch_embed.proj(x_seq))
-        e2 = self.encoder_level2(self.down1_2(e1))
-        d3 = self.decoder_level3(self.encoder_level3(self.down2_3(e2)))
-
-        d2 = torch.cat([self.up3_2(d3), e2], dim=2)  # [T, B, 4 dim, H/2, W/2]
+        e1, d2 = self.descend(img)  # [T, B, dim, H, W], [T, B, 4 dim, H/2, W/2]
         d2 = self.decoder_level2(self.reduce_chan_level2(d2))
 
         d1 = torch.cat([self.up2_1(d2), e1], dim=2)  # [T, B, 2 dim, H, W]

@@ -21,17 +21,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "Without arguments: the demo on synthetic rain with the committed demo weights.",
     )
     io = p.add_argument_group("input and output")
-    io.add_argument("--data_path", type=Path, default=None,
-                    help="folder of rainy images (with --metrics_only: the folder of results to score); "
-                         "required unless --demo or --benchmark")
-    io.add_argument("--target_path", type=Path, default=None,
-                    help="folder of clean images, paired by name (default: none, the results are not scored)")
-    io.add_argument("--weights", type=Path, default=None,
-                    help="checkpoint (released .pth or this project's); required to derain "
-                         f"(default: none; the demo uses {DEMO_WEIGHTS.relative_to(PRETRAINED_DIR.parent)})")
-    io.add_argument("--save_path", type=Path, default=None,
-                    help="where the PNGs and metrics.{csv,json} go (default: results/<weights name>; "
-                         "with --metrics_only: the --data_path folder)")
+    demo_weights = DEMO_WEIGHTS.relative_to(PRETRAINED_DIR.parent)
+    for flag, text in (
+        ("--data_path", "folder of rainy images (with --metrics_only: the folder of results to score); "
+                        "required unless --demo or --benchmark"),
+        ("--target_path", "folder of clean images, paired by name (default: none, the results are not scored)"),
+        ("--weights", "checkpoint (released .pth or this project's); required to derain "
+                      f"(default: none; the demo uses {demo_weights})"),
+        ("--save_path", "where the PNGs and metrics.{csv,json} go (default: results/<weights name>; "
+                        "with --metrics_only: the --data_path folder)"),
+    ):
+        io.add_argument(flag, type=Path, default=None, help=text)
     io.add_argument("--metrics_only", action=argparse.BooleanOptionalAction, default=False,
                     help="only score the images in --data_path against --target_path (no network)")
     io.add_argument("--demo", action=argparse.BooleanOptionalAction, default=False,
@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: none, the mapping of docs/benchmarks.md)")
     bench.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=None,
                        help="evaluate only these datasets (default: every one present)")
+    p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off",
+                   help="mixed-precision inference (approximate; docs/speed.md): convolutions and matrix "
+                        "products in bfloat16 (CPUs with AVX-512 BF16, CUDA) or float16 (CUDA); spikes are "
+                        "still decided on float32 membranes")
     p.add_argument("--energy", action=argparse.BooleanOptionalAction, default=False,
                    help="also measure MACs, synaptic operations, firing rates and energy (docs/energy.md), "
                         "averaged over the images; written to energy.json")

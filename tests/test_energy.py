@@ -15,13 +15,7 @@ from utils.energy.meter import E_AC_PJ, E_MAC_PJ, EnergyMeter, classify_input, m
 from utils.energy.report import format_layers, format_table
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors on a shared CPU: one thread avoids OpenMP oversubscription (20x faster)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Repeat(nn.Module):

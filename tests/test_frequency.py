@@ -4,18 +4,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from tools.frequency import analyse, high_frequency_share, main, neuron_input, power_spectrum, radial_profile
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors on a shared CPU: one thread avoids OpenMP oversubscription (20x faster)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cosine(freq: float, size: int = 64) -> np.ndarray:

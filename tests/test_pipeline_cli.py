@@ -155,3 +155,21 @@ def test_demo_runs_without_arguments(tmp_path, monkeypatch, capsys):
     assert "rainy input" in table and "derained" in table and "matlab-y" in table
     means = json.loads((tmp_path / "results/demo/derained/metrics.json").read_text())["means"]
     assert means["derained"]["psnr_matlab-y"] > means["rainy input"]["psnr_matlab-y"] + 0.5  # 19.21 vs 18.33
+
+
+def test_test_amp_bf16_is_close_to_float32(pipeline_run, tmp_path):
+    """``--amp bf16``: approximate, labelled in metrics.json, and close to the float32 result
+    (measured on the demo: output PSNR against float32 50-54 dB, matlab-y PSNR -0.01 dB)."""
+    root, _ = pipeline_run
+    val = root / "val"
+    demo = Path(__file__).resolve().parents[1] / "pretrained_models" / "vlifnet_demo.pth"  # a trained network
+    common = ["--data_path", str(val / "input"), "--target_path", str(val / "target"),
+              "--weights", str(demo), "--crop_size", "16", "--overlap_size", "4"]
+    assert test_cli.main([*common, "--save_path", str(tmp_path / "fp32")]) == 0
+    assert test_cli.main([*common, "--save_path", str(tmp_path / "bf16"), "--amp", "bf16"]) == 0
+    fp32, bf16 = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("fp32", "bf16"))
+    assert fp32["amp"] == "off" and bf16["amp"] == "bf16"
+    a = read_image(tmp_path / "fp32" / "v.png").astype(int)
+    b = read_image(tmp_path / "bf16" / "v.png").astype(int)
+    assert 0 < abs(a - b).mean() < 2  # bf16 really ran, and stayed close
+    assert abs(bf16["means"]["derained"]["psnr_rgb"] - fp32["means"]["derained"]["psnr_rgb"]) < 0.5

@@ -201,18 +201,24 @@ def vlif_spikes(x_seq: torch.Tensor, r: int, backend: str = "auto") -> torch.Ten
     return vlif_forward(x_seq, r, False, backend)[0]
 
 
+def _native_resize(t: torch.Tensor, up: bool) -> torch.Tensor:
+    """The native x2 bilinear kernel (``up``) or its adjoint, ``[N, C, h, w]`` <-> ``[N, C, 2h, 2w]``."""
+    lib = native.load()
+    t = t.detach().contiguous()
+    N, C, H, W = t.shape
+    h, w = (H, W) if up else (H // 2, W // 2)
+    out = t.new_empty(N, C, 2 * h, 2 * w) if up else t.new_empty(N, C, h, w)
+    kernel = lib.upsample2x_bilinear if up else lib.upsample2x_bilinear_backward
+    for_native(N * C, lambda lo, hi: kernel(data_ptr(t), data_ptr(out), h, w, lo, hi), unit=4 * h * w, align=1)
+    return out
+
+
 @torch.library.custom_op("spiking_derain::upsample2x", mutates_args=())
 def upsample2x(y: torch.Tensor) -> torch.Tensor:
     """Bilinear x2 resize (``align_corners=False``) ``[N, C, h, w]`` -> ``[N, C, 2h, 2w]``, native
     kernel. Exact for inputs that are multiples of 1/4 in [0, 1] (every product and sum is
     exact in float32), which NI-LIF spikes are."""
-    lib = native.load()
-    y = y.detach().contiguous()
-    N, C, h, w = y.shape
-    out = y.new_empty(N, C, 2 * h, 2 * w)
-    for_native(N * C, lambda lo, hi: lib.upsample2x_bilinear(data_ptr(y), data_ptr(out), h, w, lo, hi),
-               unit=4 * h * w, align=1)
-    return out
+    return _native_resize(y, up=True)
 
 
 @upsample2x.register_fake
@@ -224,14 +230,7 @@ def _(y: torch.Tensor) -> torch.Tensor:
 @torch.library.custom_op("spiking_derain::upsample2x_backward", mutates_args=())
 def upsample2x_backward(grad: torch.Tensor) -> torch.Tensor:
     """The adjoint of :func:`upsample2x`: ``[N, C, 2h, 2w]`` -> ``[N, C, h, w]``."""
-    lib = native.load()
-    grad = grad.detach().contiguous()
-    N, C, H, W = grad.shape
-    h, w = H // 2, W // 2
-    out = grad.new_empty(N, C, h, w)
-    for_native(N * C, lambda lo, hi: lib.upsample2x_bilinear_backward(data_ptr(grad), data_ptr(out), h, w, lo, hi),
-               unit=4 * h * w, align=1)
-    return out
+    return _native_resize(grad, up=False)
 
 
 @upsample2x_backward.register_fake
