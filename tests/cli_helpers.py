@@ -25,3 +25,17 @@ def load_script(name: str) -> ModuleType:
 # dim 16, one or two blocks per level: a network that trains in well under a second per step
 TINY_NET_FLAGS = ["--arch", "vlifnet", "--dim", "16", "--en_num_blocks", "1", "1", "2", "2",
                   "--de_num_blocks", "1", "1", "1", "1"]
+
+
+def train_tiny_run(root: Path, write_pairs, flags: list[str], train_size=(32, 48), val_size=(24, 40),
+                   names=("a", "b", "c")) -> tuple[Path, Path]:
+    """Build ``root/train`` and a one-image ``root/val`` with ``write_pairs`` (the conftest
+    factory), train two steps of the tiny network with validation into ``root/run`` and
+    return ``(root, run)``."""
+    data = write_pairs(root / "train", names=names, size=train_size)
+    write_pairs(root / "val", names=("v",), size=val_size, seed=1)
+    run = root / "run"
+    rc = load_script("train").main(["--train_dir", str(data), "--val_dir", str(root / "val"), "--model_save_dir",
+                                    str(run), "--max_steps", "2", "--crop_size", "0", *flags])
+    assert rc == 0
+    return root, run

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cli_helpers import TINY_NET_FLAGS, load_script
+from cli_helpers import TINY_NET_FLAGS, load_script, train_tiny_run
 from data.io import read_image
 from options.test_options import DEMO_WEIGHTS
 from utils.checkpoint import load_model
@@ -31,15 +31,8 @@ def _losses(run_dir: Path) -> list[tuple[int, int, float, float]]:
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory, pipeline_write_pairs):
     """Two steps of training with validation on tiny data; returns (data root, run dir)."""
-    root = tmp_path_factory.mktemp("pipeline")
-    data = pipeline_write_pairs(root / "train", names=("a", "b", "c"))
-    pipeline_write_pairs(root / "val", names=("v",), size=(24, 40), seed=1)
-    run = root / "run"
-    rc = train_cli.main(["--train_dir", str(data), "--val_dir", str(root / "val"), "--model_save_dir", str(run),
-                         "--max_steps", "2", "--val_epochs", "1", "--crop_size", "0", "--save_every", "1",
-                         *TINY_FLAGS])
-    assert rc == 0
-    return root, run
+    return train_tiny_run(tmp_path_factory.mktemp("pipeline"), pipeline_write_pairs,
+                          ["--val_epochs", "1", "--save_every", "1", *TINY_FLAGS])
 
 
 def test_train_writes_self_describing_checkpoints(pipeline_run):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cli_helpers import TINY_NET_FLAGS, load_script
+from cli_helpers import TINY_NET_FLAGS, load_script, train_tiny_run
 from options.train_options import parse_train_args
 from utils.checkpoint import load_model
 from utils.training.resume import has_training_state
@@ -36,15 +36,9 @@ def test_default_workers_fit_the_machine_and_torch_does_not_warn(tmp_path, pipel
 @pytest.fixture(scope="module")
 def ema_run(tmp_path_factory, pipeline_write_pairs):
     """Two steps with EMA and validation: writes last.pth and best.pth."""
-    root = tmp_path_factory.mktemp("best")
-    data = pipeline_write_pairs(root / "train", names=("a", "b"), size=(16, 16))
-    pipeline_write_pairs(root / "val", names=("v",), size=(16, 24), seed=1)
-    run = root / "run"
-    rc = train_cli.main(["--train_dir", str(data), "--val_dir", str(root / "val"), "--model_save_dir", str(run),
-                         "--max_steps", "2", "--crop_size", "0", "--ema_decay", "0.9", "--num_workers", "0",
-                         *TINY_NET_FLAGS, *RUN_FLAGS])
-    assert rc == 0
-    return root, run
+    return train_tiny_run(tmp_path_factory.mktemp("best"), pipeline_write_pairs,
+                          ["--ema_decay", "0.9", "--num_workers", "0", *TINY_NET_FLAGS, *RUN_FLAGS],
+                          train_size=(16, 16), val_size=(16, 24), names=("a", "b"))
 
 
 def test_best_pth_holds_the_weights_only(ema_run):
