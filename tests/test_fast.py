@@ -346,3 +346,23 @@ def test_low_precision_inputs_fire_in_float32(backend, dtype, caplog):
     assert y_lif.dtype == dtype and not [r for r in caplog.records if "not used" in r.getMessage()]
     node_ref = set_neuron_impl(lif(), "reference")
     assert torch.equal(y_lif.float(), node_ref((x * 0.1).float()))
+
+
+def test_conv_floor_replays_exactly_the_recorded_convolutions(tiny_config):
+    """The harness's conv floor: every convolution call of a forward, with its input, replayed
+    alone (forward, or forward and backward without leaving gradients behind)."""
+    from tools.speed.floor import record_convs, replay_convs
+
+    net = build_model("vlifnet", **tiny_config).train()
+    x = torch.rand(2, 3, 16, 24)
+    calls = record_convs(net, lambda: net(x))
+    n_convs = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)) for m in net.modules())
+    assert len(calls) >= n_convs > 0  # every convolution ran at least once (SMU's Conv3d blocks more)
+    counted = []
+    handles = [m.register_forward_hook(lambda *a: counted.append(1))
+               for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))]
+    replay_convs(calls, backward=True, repeat=2)()
+    for h in handles:
+        h.remove()
+    assert len(counted) == 2 * len(calls)
+    assert all(p.grad is None for p in net.parameters())

@@ -8,6 +8,9 @@ Shapes are those of the issue and do not change with ``--quick`` (only repetitio
   backward and optimizer step;
 - inference of a 481x321 image with the released tiling (80x80 tiles, overlap 8). Reference:
   one tile at a time as the released test did; fast: tiles batched, batch norm folded.
+For the training step and the inference case two more rows: ``_bf16`` (fast fp32 in the
+reference column against fast under bf16 autocast) and ``_conv_floor`` (the same
+convolutions run alone, :mod:`tools.speed.floor`).
 """
 from __future__ import annotations
 
@@ -22,8 +25,9 @@ from models import build_model
 from models import kernels as fast_kernels
 from models.neurons import VLIF, lif, neuron_impl, ni_lif_reference, patch_to_time, time_to_patch
 from utils.fuse import auto_tile_batch, prepare_for_inference
-from utils.inference import restore
+from utils.inference import restore, tile_starts
 
+from .floor import record_convs, replay_convs
 from .measure import Pair
 
 NEURON_SHAPE = (4, 2, 48, 128, 128)
@@ -88,7 +92,9 @@ def neuron_cases(device: torch.device, reps: int) -> list[Pair]:
     return cases
 
 
-def train_case(device: torch.device, reps: int, quick: bool) -> Pair:
+def train_cases(device: torch.device, reps: int, quick: bool) -> list[Pair]:
+    """The training step: reference against fast, fp32 fast against bf16 fast, and the
+    convolution floor of the fast step."""
     from utils.losses import SSIMLoss
 
     torch.manual_seed(0)
@@ -105,22 +111,33 @@ def train_case(device: torch.device, reps: int, quick: bool) -> Pair:
         net.load_state_dict(state)
         opt.load_state_dict(opt_state)
 
-    def step(impl: str, n: int = TRAIN_BATCH) -> Callable[[], torch.Tensor]:
+    def step(impl: str, n: int = TRAIN_BATCH, amp: bool = False) -> Callable[[], torch.Tensor]:
         def run() -> torch.Tensor:
             with neuron_impl(net, impl):
                 opt.zero_grad(set_to_none=True)
-                out = net(x[:n])
-                loss_fn(out, y[:n]).backward()
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    out = net(x[:n])
+                loss_fn(out.float(), y[:n]).backward()
                 opt.step()
-                return out.detach()
+                return out.detach().float()
         return run
 
+    what = f"VLIFNet dim 48 training step, batch {TRAIN_BATCH}, {TRAIN_SIZE}x{TRAIN_SIZE}"
     # --quick warms up with a one-image step (same code paths, a twelfth of the time)
-    return Pair(
-        "train_step_vlifnet", f"VLIFNet dim 48 training step, batch {TRAIN_BATCH}, {TRAIN_SIZE}x{TRAIN_SIZE} "
-        "(forward, 1-SSIM backward, AdamW step)",
+    cases = [Pair(
+        "train_step_vlifnet", f"{what} (forward, 1-SSIM backward, AdamW step)",
         step("reference"), step("fast"), reps, reset=reset,
-        warmup_reference=step("reference", 1) if quick else None, warmup_fast=step("fast", 1) if quick else None)
+        warmup_reference=step("reference", 1) if quick else None, warmup_fast=step("fast", 1) if quick else None)]
+    cases.append(Pair(
+        "train_step_vlifnet_bf16", f"{what}: fast fp32 (reference column) against fast under bf16 autocast",
+        step("fast"), step("fast", amp=True), reps, reset=reset,
+        warmup_reference=step("fast", 1) if quick else None, warmup_fast=step("fast", 1, True) if quick else None))
+    reset()
+    calls = record_convs(net, step("fast"))
+    cases.append(Pair(
+        "train_step_vlifnet_conv_floor", f"the {len(calls)} convolutions of one fast step alone, forward and "
+        "backward (the floor of train_step_vlifnet)", None, replay_convs(calls, backward=True), reps, reset=reset))
+    return cases
 
 
 def _image_diff(ref: torch.Tensor, fast: torch.Tensor) -> dict[str, float]:
@@ -138,15 +155,17 @@ def inference_cases(device: torch.device, reps: int, quick: bool) -> list[Pair]:
     img = torch.rand(1, 3, *IMAGE_HW, generator=g).to(device)
     tile = img[..., :CROP, :CROP]
 
-    def run(impl: str, model: torch.nn.Module, batch: int, image: torch.Tensor) -> Callable[[], torch.Tensor]:
+    def run(impl: str, model: torch.nn.Module, batch: int, image: torch.Tensor,
+            amp: bool = False) -> Callable[[], torch.Tensor]:
         def go() -> torch.Tensor:
-            with neuron_impl(model, impl):
-                return restore(model, image, CROP, OVERLAP, tile_batch=batch)
+            with neuron_impl(model, impl), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                return restore(model, image, CROP, OVERLAP, tile_batch=batch).float()
         return go
 
-    def warm(impl: str, model: torch.nn.Module, batch: int) -> Callable[[], torch.Tensor]:
+    def warm(impl: str, model: torch.nn.Module, batch: int, amp: bool = False) -> Callable[[], torch.Tensor]:
         def go() -> torch.Tensor:
-            with neuron_impl(model, impl), torch.inference_mode():
+            with neuron_impl(model, impl), torch.inference_mode(), torch.autocast(
+                    device.type, dtype=torch.bfloat16, enabled=amp):
                 return model(tile.expand(batch, -1, -1, -1).contiguous())
         return go
 
@@ -158,6 +177,18 @@ def inference_cases(device: torch.device, reps: int, quick: bool) -> list[Pair]:
         run("reference", net, 1, img), run("fast", fast_net, tile_batch, img), reps,
         warmup_reference=warm("reference", net, 1), warmup_fast=warm("fast", fast_net, tile_batch),
         compare=_image_diff)]
+    cases.append(Pair(
+        f"tiled_inference_{w}x{h}_bf16", "the same image: fast fp32 (reference column) against fast under bf16 "
+        "autocast (test.py --amp bf16)", run("fast", fast_net, tile_batch, img),
+        run("fast", fast_net, tile_batch, img, amp=True), reps, warmup_reference=warm("fast", fast_net, tile_batch),
+        warmup_fast=warm("fast", fast_net, tile_batch, amp=True), compare=_image_diff))
+    calls = record_convs(fast_net, warm("fast", fast_net, tile_batch))
+    network_calls = -(-len(tile_starts(h, CROP, CROP - OVERLAP)) * len(tile_starts(w, CROP, CROP - OVERLAP))
+                      // tile_batch)
+    cases.append(Pair(
+        f"tiled_inference_{w}x{h}_conv_floor", f"the {len(calls)} convolutions of one call of {tile_batch} tile(s), "
+        f"x {network_calls} calls, alone (the floor of the fast path)", None,
+        replay_convs(calls, backward=False, repeat=network_calls), reps))
     if not quick:  # peak memory must not grow with the image: 4x the area, fast path only
         big = torch.rand(1, 3, 2 * h, 2 * w, generator=g).to(device)
         cases.append(Pair(
@@ -170,6 +201,6 @@ def all_cases(device: torch.device, quick: bool) -> dict[str, Callable[[], list[
     """Case groups by name, built lazily (a group allocates its model only when run)."""
     return {
         "neurons": lambda: neuron_cases(device, 5 if quick else 15),
-        "train": lambda: [train_case(device, 1 if quick else 3, quick)],
+        "train": lambda: train_cases(device, 1 if quick else 3, quick),
         "inference": lambda: inference_cases(device, 1 if quick else 2, quick),
     }

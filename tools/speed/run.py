@@ -21,6 +21,7 @@ from typing import Sequence
 import torch
 
 from models.kernels import native
+from utils.logger import setup_logging
 
 from .cases import all_cases
 from .measure import Record, machine_info, measure_pair
@@ -60,7 +61,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging()  # also keeps torch's "Triton not available" notices (reference LIF) out
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
