@@ -38,6 +38,7 @@ from utils.energy.report import format_table as format_energy
 from utils.evaluation import format_table, score, summarise, write_csv, write_json
 from utils.fuse import prepare_for_inference, resolve_tile_batch
 from utils.inference import restore_stream
+from utils.allocator import keep_freed_memory
 from utils.logger import setup_logging
 from utils.training.device import pick_device
 
@@ -188,6 +189,7 @@ def benchmark(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line, derain and/or score; returns the exit status."""
     args = parse_test_args(argv)
+    keep_freed_memory()  # no page-fault churn between steps (utils/allocator.py)
     setup_logging()
     try:
         if args.benchmark:

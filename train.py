@@ -48,6 +48,7 @@ from utils.fuse import resolve_tile_batch
 from utils.training.guards import NonFiniteGuard, NonFiniteLossError, RunError, check_finite_weights
 from utils.inference import restore
 from utils.metrics import PROTOCOLS
+from utils.allocator import keep_freed_memory
 from utils.logger import NullWriter, make_writer, open_step_log, setup_logging, start_log_file
 from utils.losses import build_loss
 from utils.training.rng import seed_everything
@@ -366,6 +367,7 @@ def save_checkpoints(run: Run, state: TrainState, epoch_done: bool, is_best: boo
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line, prepare the data folders and train; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    keep_freed_memory()  # no page-fault churn between steps (utils/allocator.py)
     setup_logging(hold=True)  # records wait in memory until open_outputs starts train.log
     try:
         with GracefulStop() as stop:

@@ -21,6 +21,7 @@ from typing import Sequence
 import torch
 
 from models.kernels import native
+from utils.allocator import keep_freed_memory
 from utils.logger import setup_logging
 
 from .cases import all_cases
@@ -56,11 +57,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="run only these case groups")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--keep_freed_memory", action="store_true",
+                   help="apply train.py's and test.py's malloc settings (utils/allocator.py) to both paths; "
+                        "off by default, so that the reference path stays what the released code ran")
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.keep_freed_memory:
+        keep_freed_memory()  # as train.py and test.py do (utils/allocator.py)
     setup_logging()  # also keeps torch's "Triton not available" notices (reference LIF) out
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -71,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = machine_info(device)
     meta["kernels"] = "native" if device.type == "cpu" and native.load() is not None else "torch"
     meta["quick"] = args.quick
+    meta["keep_freed_memory"] = args.keep_freed_memory
     log.info("machine: %s", json.dumps(meta))
     records: list[Record] = []
     for group, build in all_cases(device, args.quick).items():
