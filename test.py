@@ -31,6 +31,7 @@ from options.common import network_overrides
 from options.presets import DEMO_DATA_ROOT
 from options.test_options import parse_test_args
 from data.registry import BenchmarkError
+from data.synthetic_rain import make_demo_dataset
 from utils.benchmark import run_benchmark
 from utils.checkpoint import CheckpointError, load_model
 from utils.energy.meter import EnergyMeter
@@ -132,8 +133,6 @@ def report(args: argparse.Namespace, rows: list[dict], input_rows: list[dict], s
 
 def prepare_demo(args: argparse.Namespace) -> None:
     """Point the paths at the synthetic demo test set (built on first use)."""
-    from data.synthetic_rain import make_demo_dataset
-
     test_dir = Path(make_demo_dataset(DEMO_DATA_ROOT)["test"])
     args.data_path, args.target_path = test_dir / "input", test_dir / "target"
     args.save_path = args.save_path or Path("results/demo/derained")

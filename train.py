@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from data.dataset import EpochBatchSampler, PairedImageDataset
 from data.io import DataError, check_output_dir, to_uint8
+from data.synthetic_rain import make_demo_dataset
 from models import build_model
 from models.neurons import set_neuron_impl
 from options.common import network_overrides
@@ -104,8 +105,6 @@ def start_run(argv: list[str]) -> tuple[argparse.Namespace, dict | None, distrib
         log.warning("starting a new run in %s, which holds last.pth of an earlier run: it is overwritten at the "
                     "first save (use --resume auto to continue that run instead)", args.model_save_dir)
     if args.train_dir is None and args.preset == "demo":
-        from data.synthetic_rain import make_demo_dataset
-
         if not dinfo.is_main:
             distributed.barrier()  # process 0 builds the set once
         args.train_dir = Path(make_demo_dataset(DEMO_DATA_ROOT)["train"])

@@ -55,6 +55,7 @@ from data.pairing import (
 )
 from data.io import write_text_atomic
 from data.registry import DATASETS
+from data.synthetic_rain import make_paired_dataset
 
 log = logging.getLogger(__name__)
 
@@ -247,8 +248,6 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def _synthetic_sources(args: argparse.Namespace, tmp: Path) -> list[tuple[str, Report, list[Pair]]]:
     """Render the synthetic set under ``tmp``, then pair it as a standard layout."""
-    from data.synthetic_rain import make_paired_dataset  # renders only when asked
-
     preset = SYNTHETIC[args.synthetic]
     out = []
     for split in ("test", "train") if args.synthetic_train else ("test",):

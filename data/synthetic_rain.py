@@ -24,8 +24,7 @@ import cv2
 import numpy as np
 import skimage.data
 
-from data.io import write_png
-from data.io import write_text_atomic
+from data.io import write_png, write_text_atomic
 
 __all__ = [
     "RainParams",
@@ -341,8 +340,6 @@ def make_demo_dataset(root: str | os.PathLike, seed: int = 0) -> dict[str, Any]:
 def demo_pair(size: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(clean, rainy) uint8 RGB ``size x size``: scikit-image's "chelsea" photo, centre square,
     with the "heavy" synthetic rain of :mod:`data.synthetic_rain` (seeded)."""
-    import cv2
-
     photo = load_photo("chelsea")
     h, w = photo.shape[:2]
     s = min(h, w)

@@ -26,6 +26,7 @@ from models import kernels as fast_kernels
 from models.neurons import VLIF, lif, neuron_impl, ni_lif_reference, patch_to_time, time_to_patch
 from utils.fuse import auto_tile_batch, prepare_for_inference
 from utils.inference import restore, tile_starts
+from utils.losses import SSIMLoss
 
 from .floor import record_convs, replay_convs
 from .measure import Pair
@@ -95,8 +96,6 @@ def neuron_cases(device: torch.device, reps: int) -> list[Pair]:
 def train_cases(device: torch.device, reps: int, quick: bool) -> list[Pair]:
     """The training step: reference against fast, fp32 fast against bf16 fast, and the
     convolution floor of the fast step."""
-    from utils.losses import SSIMLoss
-
     torch.manual_seed(0)
     net = build_model("vlifnet").to(device).train()
     state = copy.deepcopy(net.state_dict())
