@@ -39,34 +39,50 @@ void lif_backward(const float *gs, const float *h, float *gx, int64_t L, int64_t
 }
 
 
-/* Adjoint of upsample2x_bilinear: gin [P, h, w] from gout [P, 2h, 2w], planes [lo, hi). */
+/* Weight of source index k in the bilinear sample at destination index X (0 where it is no tap). */
+static inline float tap_weight(int64_t X, int64_t k, int64_t size)
+{
+    int64_t i0, i1;
+    float l0, l1;
+    bilinear_index(X, size, 0.5f, &i0, &i1, &l0, &l1);
+    return (i0 == k ? l0 : 0.0f) + (i1 == k ? l1 : 0.0f);
+}
+
+/* Adjoint of one x2 axis at source index k: only destinations 2k-1 .. 2k+2 sample k. */
+static inline float adjoint_at(const float *g, int64_t k, int64_t size, int64_t stride)
+{
+    const int64_t n = 2 * size;
+    float acc = 0.0f;
+    for (int64_t X = 2 * k - 1; X <= 2 * k + 2; ++X)
+        if (X >= 0 && X < n)
+            acc += tap_weight(X, k, size) * g[X * stride];
+    return acc;
+}
+
+/* Adjoint of upsample2x_bilinear: gin [P, h, w] from gout [P, 2h, 2w], planes [lo, hi).
+ * A gather, not a scatter: each input row first sums its (up to) four output rows, then each
+ * input column its four output columns, with weights 1/4, 3/4, 3/4, 1/4 away from the edges. */
 void upsample2x_bilinear_backward(const float *gout, float *gin, int64_t h, int64_t w, int64_t lo, int64_t hi)
 {
     const int64_t H = 2 * h, W = 2 * w;
-    float row[w > 0 ? w : 1];
+    float row[W > 0 ? W : 1];
     for (int64_t plane = lo; plane < hi; ++plane) {
-        float *dst = gin + plane * h * w;
-        for (int64_t k = 0; k < h * w; ++k)
-            dst[k] = 0.0f;
-        for (int64_t Y = 0; Y < H; ++Y) {
-            const float *g = gout + (plane * H + Y) * W;
-            for (int64_t k = 0; k < w; ++k)
-                row[k] = 0.0f;
-            for (int64_t X = 0; X < W; ++X) {
-                int64_t x0, x1;
-                float b0, b1;
-                bilinear_index(X, w, 0.5f, &x0, &x1, &b0, &b1);
-                row[x0] += b0 * g[X];
-                row[x1] += b1 * g[X];
+        const float *g = gout + plane * H * W;
+        for (int64_t y = 0; y < h; ++y) {
+            if (y >= 1 && y < h - 1) {
+                const float *r0 = g + (2 * y - 1) * W, *r1 = r0 + W, *r2 = r1 + W, *r3 = r2 + W;
+                for (int64_t X = 0; X < W; ++X)
+                    row[X] = 0.25f * (r0[X] + r3[X]) + 0.75f * (r1[X] + r2[X]);
+            } else {
+                for (int64_t X = 0; X < W; ++X)
+                    row[X] = adjoint_at(g + X, y, h, W);
             }
-            int64_t y0, y1;
-            float a0, a1;
-            bilinear_index(Y, h, 0.5f, &y0, &y1, &a0, &a1);
-            float *ra = dst + y0 * w, *rb = dst + y1 * w;
-            for (int64_t k = 0; k < w; ++k)
-                ra[k] += a0 * row[k];
-            for (int64_t k = 0; k < w; ++k)
-                rb[k] += a1 * row[k];
+            float *dst = gin + (plane * h + y) * w;
+            for (int64_t k = 1; k < w - 1; ++k)
+                dst[k] = 0.25f * (row[2 * k - 1] + row[2 * k + 2]) + 0.75f * (row[2 * k] + row[2 * k + 1]);
+            dst[0] = adjoint_at(row, 0, w, 1);
+            if (w > 1)
+                dst[w - 1] = adjoint_at(row, w - 1, w, 1);
         }
     }
 }
