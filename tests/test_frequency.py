@@ -38,7 +38,7 @@ def test_neuron_input_is_standardised_and_cropped_even():
 
 def _rainy_pair(size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """A smooth gradient scene with the project's synthetic heavy rain."""
-    from data.synthetic_rain import add_rain
+    from data.rain import add_rain
 
     yy, xx = np.mgrid[0:size, 0:size] / size
     clean = np.stack([0.3 + 0.3 * xx, 0.35 + 0.2 * yy, 0.4 + 0.1 * xx * yy], axis=2)

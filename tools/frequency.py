@@ -5,8 +5,8 @@ keeps the bright, high-frequency content (rain streaks), and applying it again a
 ("frequency saturation"); VLIF's patch-to-time walk over the r x r sub-pixels is meant to add
 spatial context. This module makes that visible with the project's own neurons::
 
-    python -m utils.frequency --demo --plot freq.png
-    python -m utils.frequency --input rainy.png [--clean clean.png] --plot freq.png
+    python -m tools.frequency --demo --plot freq.png
+    python -m tools.frequency --input rainy.png [--clean clean.png] --plot freq.png
 
 Choices (all options):
 - grey by default (ITU-R BT.601 luma); ``--channels rgb`` runs every channel separately and
