@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 from tqdm import tqdm
@@ -37,13 +38,17 @@ from utils.checkpoint import CheckpointError, load_model
 from utils.energy.meter import EnergyMeter
 from utils.energy.report import format_table as format_energy
 from utils.evaluation import format_table, score, summarise, write_csv, write_json
+from utils.figures import contact_sheet, side_by_side
 from utils.fuse import prepare_for_inference, resolve_tile_batch
 from utils.inference import restore_stream
 from utils.allocator import keep_freed_memory
 from utils.logger import setup_logging
+from utils.metrics import psnr
 from utils.training.device import pick_device
 
 log = logging.getLogger("test")
+SHEET_IMAGES = 32  # the contact sheet shows the first images of a folder, at most this many
+SHEET_SIDE = 256  # longer side of each panel on the contact sheet, in pixels
 
 
 def load_network(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
@@ -94,22 +99,42 @@ def run(args: argparse.Namespace, items: list[tuple[Path, Path | None]], net: nn
 
 
 def _write_and_score(args: argparse.Namespace, bar) -> tuple[list[dict], list[dict]]:
-    """Consume ``(item, (input, output))`` pairs: write each output, score it and the input."""
+    """Consume ``(item, (input, output))`` pairs: write each output, score it and the input,
+    and with ``--compare`` write its side-by-side picture and, at the end, the contact sheet."""
     derained = not args.metrics_only
-    rows, input_rows = [], []
+    compare = args.compare and derained
+    rows, input_rows, sheet_rows = [], [], []
     for (path, target_path), (img, out) in bar:
         if derained:
             write_png(args.save_path / f"{path.stem}.png", out)
-        if target_path is None:
-            continue
-        target = read_image(target_path)
-        if out.shape != target.shape:
-            raise DataError(f"{path} is {out.shape[1]}x{out.shape[0]} but {target_path} is "
-                            f"{target.shape[1]}x{target.shape[0]}: results and targets must match in size")
-        rows.append({"name": path.stem, **score(out, target, args.protocols)})
-        if args.score_input and derained:
-            input_rows.append({"name": path.stem, **score(img, target, args.protocols)})
+        target = None if target_path is None else read_image(target_path)
+        if target is not None:
+            if out.shape != target.shape:
+                raise DataError(f"{path} is {out.shape[1]}x{out.shape[0]} but {target_path} is "
+                                f"{target.shape[1]}x{target.shape[0]}: results and targets must match in size")
+            rows.append({"name": path.stem, **score(out, target, args.protocols)})
+            if args.score_input and derained:
+                input_rows.append({"name": path.stem, **score(img, target, args.protocols)})
+        if compare:
+            panels = compare_panels(img, out, target, args.protocols[0])
+            write_png(args.save_path / "compare" / f"{path.stem}.png", side_by_side(panels))
+            if len(sheet_rows) < SHEET_IMAGES:
+                sheet_rows.append(side_by_side(panels, SHEET_SIDE))
+    if sheet_rows:
+        write_png(args.save_path / "compare_sheet.png", contact_sheet(sheet_rows))
+        log.info("side-by-side pictures in %s, contact sheet of %d image(s): %s", args.save_path / "compare",
+                 len(sheet_rows), args.save_path / "compare_sheet.png")
     return rows, input_rows
+
+
+def compare_panels(rainy: np.ndarray, derained: np.ndarray, clean: np.ndarray | None,
+                   protocol: str) -> list[tuple[np.ndarray, str]]:
+    """rainy | derained | clean (when there is one), each rainy and derained labelled with its
+    PSNR against the clean image in ``protocol``."""
+    if clean is None:
+        return [(rainy, "rainy"), (derained, "derained")]
+    return [(rainy, f"rainy {psnr(rainy, clean, protocol):.2f} dB"),
+            (derained, f"derained {psnr(derained, clean, protocol):.2f} dB"), (clean, "clean")]
 
 
 def report(args: argparse.Namespace, rows: list[dict], input_rows: list[dict], seconds: float) -> str:

@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--demo", action=argparse.BooleanOptionalAction, default=False,
                     help="derain the synthetic demo test set with the demo weights "
                          "(what test.py does without arguments)")
+    io.add_argument("--compare", action=argparse.BooleanOptionalAction, default=None,
+                    help="also write compare/<name>.png (rainy | derained | clean, labelled with PSNR in the "
+                         "first of --protocols) and compare_sheet.png (the first 32 images) "
+                         "(default: on for the demo, off otherwise)")
     io.add_argument("--score_input", action=argparse.BooleanOptionalAction, default=False,
                     help="also score the rainy inputs against the targets, for comparison")
     io.add_argument("--protocols", nargs="+", choices=PROTOCOLS, default=list(PROTOCOLS),
@@ -80,7 +84,9 @@ def parse_test_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.demo:
         args.weights = args.weights or DEMO_WEIGHTS
         args.score_input = True
+        args.compare = args.compare is not False
         return args
+    args.compare = bool(args.compare)
     if args.benchmark:
         if args.data_root is None:
             parser.error("--benchmark needs --data_root (the folder made by python -m data.prepare)")
