@@ -9,7 +9,7 @@
 
 Checkpoints (``last.pth`` every epoch and ``epoch_<n>.pth`` with ``--save_every``, both
 resumable; ``best.pth`` with the weights only), ``train.log``, ``train_steps.csv`` (loss and lr
-of every step) and TensorBoard logs (``tb/``) go to ``--model_save_dir``, written by process 0
+of every step), ``val_metrics.csv`` (one row per validation: the learning curve) and TensorBoard logs (``tb/``) go to ``--model_save_dir``, written by process 0
 only, and only once data, options and checkpoint have been checked: a run that fails to start
 writes nothing. SIGTERM/SIGINT save ``last.pth`` at the end of the current step. Exit status:
 0 done, 2 bad input, checkpoint or options, 3 the loss stayed NaN/inf, 128 + signal number
@@ -50,7 +50,8 @@ from utils.training.guards import NonFiniteGuard, NonFiniteLossError, RunError, 
 from utils.inference import restore
 from utils.metrics import PROTOCOLS
 from utils.allocator import keep_freed_memory
-from utils.logger import NullWriter, make_writer, open_step_log, setup_logging, start_log_file
+from utils.logger import (NullWriter, make_writer, open_step_log, record_validation, setup_logging,
+                          start_log_file)
 from utils.losses import build_loss
 from utils.training.rng import seed_everything
 from utils.training.schedule import build_scheduler
@@ -104,10 +105,11 @@ def start_run(argv: list[str]) -> tuple[argparse.Namespace, dict | None, distrib
     elif ckpt is None and dinfo.is_main and (args.model_save_dir / "last.pth").is_file():
         log.warning("starting a new run in %s, which holds last.pth of an earlier run: it is overwritten at the "
                     "first save (use --resume auto to continue that run instead)", args.model_save_dir)
-    if args.train_dir is None and args.preset == "demo":
+    if args.preset == "demo" and (args.train_dir is None or args.val_dir is None):
         if not dinfo.is_main:
             distributed.barrier()  # process 0 builds the set once
-        args.train_dir = Path(make_demo_dataset(DEMO_DATA_ROOT)["train"])
+        demo = make_demo_dataset(DEMO_DATA_ROOT)
+        args.train_dir, args.val_dir = args.train_dir or Path(demo["train"]), args.val_dir or Path(demo["val"])
         if dinfo.is_main:
             distributed.barrier()
     if args.train_dir is None:
@@ -315,6 +317,9 @@ def validate_and_log(run: Run, state: TrainState) -> bool:
     for key, v in m.items():
         run.writer.add_scalar(f"val/{key}", v, state.epoch)
     run.writer.add_scalar("val/firing_rate", result["firing_rate"], state.epoch)
+    record_validation(run.args.model_save_dir / "val_metrics.csv", {
+        "epoch": state.epoch, "step": state.global_step, **{k: round(v, 4) for k, v in m.items()},
+        "firing_rate": round(result["firing_rate"], 5)})
     value = m[f"psnr_{run.args.val_metric}"]
     table = ", ".join(f"{p} {m[f'psnr_{p}']:.2f} dB / {m[f'ssim_{p}']:.4f}" for p in PROTOCOLS)
     log.info("epoch %d step %d validation: %s; firing rate %.4f", state.epoch, state.global_step, table,

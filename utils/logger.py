@@ -140,3 +140,18 @@ def open_step_log(path: str | os.PathLike, start_step: int, enabled: bool = True
         if fh.tell() == 0:
             writer.writerow(["step", "epoch", "loss", "lr"])
         yield writer
+
+
+def record_validation(path: str | os.PathLike, row: dict[str, Any]) -> None:
+    """Add ``row`` (with an ``epoch`` key) to the validation history ``val_metrics.csv``,
+    atomically. Rows of that epoch or later (left by a run that was resumed from an earlier
+    checkpoint) are dropped first, so the file is one learning curve, one row per validation."""
+    path = Path(path)
+    old: list[dict[str, str]] = []
+    if path.is_file():
+        with open(path, newline="", encoding="utf-8") as fh:
+            old = [r for r in csv.DictReader(fh) if r.get("epoch", "").isdigit() and int(r["epoch"]) < row["epoch"]]
+    with atomic_write(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(row))
+        writer.writeheader()
+        writer.writerows([{k: r.get(k, "") for k in row} for r in old] + [row])
