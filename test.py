@@ -48,7 +48,7 @@ from utils.training.device import pick_device
 
 log = logging.getLogger("test")
 SHEET_IMAGES = 32  # the contact sheet shows the first images of a folder, at most this many
-SHEET_SIDE = 256  # longer side of each panel on the contact sheet, in pixels
+SHEET_SIDE = 160  # longer side of each panel on the contact sheet, in pixels (the demo images: as they are)
 
 
 def load_network(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:

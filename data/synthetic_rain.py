@@ -76,13 +76,29 @@ def _write_pair(root: Path, name: str, rainy: np.ndarray, clean: np.ndarray) -> 
     write_png(root / "target" / f"{name}.png", clean)
 
 
+def _rained_pair(clean: np.ndarray, preset: ParamsLike, rng: np.random.Generator,
+                 supersample: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(rainy, clean)``: rain rendered on ``clean``, then both area-downscaled by
+    ``supersample``. The presets describe rain at benchmark resolution (about 481x321); on a
+    photo shown smaller, streaks are thinner and shorter, so small images are rendered large
+    and scaled down, which also anti-aliases the thin streaks."""
+    rainy = add_rain(clean, preset, rng)
+    if supersample == 1:
+        return rainy, clean
+    size = (clean.shape[1] // supersample, clean.shape[0] // supersample)  # cv2: (W, H)
+    return (cv2.resize(rainy, size, interpolation=cv2.INTER_AREA),
+            cv2.resize(clean, size, interpolation=cv2.INTER_AREA))
+
+
 def make_paired_dataset(root: str | os.PathLike, split: str = "test", preset: ParamsLike = "heavy",
-                        seed: int = 0, size: tuple[int, int] | None = None) -> Path:
+                        seed: int = 0, size: tuple[int, int] | None = None, supersample: int = 1) -> Path:
     """One rainy/clean pair per photo of ``split`` ("train" or "test" photo set).
 
     Writes ``<root>/input/<photo>.png`` (rainy) and ``<root>/target/<photo>.png`` (clean),
     paired by file name. ``size`` = (H, W) resizes each photo to cover it and centre-crops;
-    ``None`` keeps full resolution. Same arguments give byte-identical files. Returns ``root``.
+    ``None`` keeps full resolution. ``supersample`` renders the rain at that many times
+    ``size`` and scales the pair down (see :func:`_rained_pair`). Same arguments give
+    byte-identical files. Returns ``root``.
     """
     photos = {"train": TRAIN_PHOTOS, "test": TEST_PHOTOS}.get(split)
     if photos is None:
@@ -93,13 +109,15 @@ def make_paired_dataset(root: str | os.PathLike, split: str = "test", preset: Pa
     for name in photos:
         clean = load_photo(name)
         if size is not None:
-            clean = _fit(clean, size)
-        _write_pair(root, name, add_rain(clean, preset, _photo_rng(seed, name)), clean)
+            clean = _fit(clean, (size[0] * supersample, size[1] * supersample))
+        rainy, clean = _rained_pair(clean, preset, _photo_rng(seed, name), supersample)
+        _write_pair(root, name, rainy, clean)
     return root
 
 
-DEMO_FORMAT = "synthetic-rain-demo/2"
+DEMO_FORMAT = "synthetic-rain-demo/3"
 DEMO_SHORT_SIDE = 256  # photos are downscaled to this short side before crops
+DEMO_SUPERSAMPLE = 2  # rain is rendered at twice the demo size, then the pair scaled down
 DEMO_CROP_SIDES = (96, 112, 128)  # crop heights/widths, drawn independently
 DEMO_CROPS = 8  # train crops per photo
 DEMO_VAL_CROPS = 2  # validation crops per photo: other crops, other rain, same photos
@@ -115,7 +133,7 @@ def _demo_params(seed: int) -> dict[str, Any]:
     presets = set(DEMO_TRAIN_PRESETS) | {DEMO_TEST_PRESET}
     return {
         "seed": seed, "train_photos": list(TRAIN_PHOTOS), "test_photos": list(TEST_PHOTOS),
-        "short_side": DEMO_SHORT_SIDE, "crop_sides": list(DEMO_CROP_SIDES), "crops": DEMO_CROPS,
+        "short_side": DEMO_SHORT_SIDE, "supersample": DEMO_SUPERSAMPLE, "crop_sides": list(DEMO_CROP_SIDES), "crops": DEMO_CROPS,
         "val_crops": DEMO_VAL_CROPS, "val_preset": DEMO_TEST_PRESET, "train_presets": list(DEMO_TRAIN_PRESETS),
         "test_preset": DEMO_TEST_PRESET, "test_size": list(DEMO_TEST_SIZE),
         "presets": {k: json.loads(json.dumps(dataclasses.asdict(RAIN_PRESETS[k])))
@@ -130,18 +148,19 @@ def _crop_pairs(root: Path, seed: int, split: str, crops: int, presets: tuple[st
     for photo in TRAIN_PHOTOS:
         rng = _photo_rng(seed, photo if split == "train" else f"{photo}/{split}")
         img = load_photo(photo)
-        scale = DEMO_SHORT_SIDE / min(img.shape[:2])
+        k = DEMO_SUPERSAMPLE
+        scale = DEMO_SHORT_SIDE * k / min(img.shape[:2])
         if scale < 1:
             size = (round(img.shape[1] * scale), round(img.shape[0] * scale))  # cv2: (W, H)
             img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
         for c in range(crops):
-            h, w = (int(v) for v in rng.choice(DEMO_CROP_SIDES, size=2))
+            h, w = (int(v) * k for v in rng.choice(DEMO_CROP_SIDES, size=2))
             y = int(rng.integers(0, img.shape[0] - h + 1))
             x = int(rng.integers(0, img.shape[1] - w + 1))
             clean = img[y:y + h, x:x + w]
             for preset in presets:
                 name = f"{photo}_c{c}_{preset}"
-                _write_pair(root, name, add_rain(clean, preset, rng), clean)
+                _write_pair(root, name, *_rained_pair(clean, preset, rng, k))
                 names.append(name)
     return names
 
@@ -206,7 +225,7 @@ def make_demo_dataset(root: str | os.PathLike, seed: int = 0) -> dict[str, Any]:
         files = {"train": _crop_pairs(root / "train", seed, "train", DEMO_CROPS, DEMO_TRAIN_PRESETS),
                  "val": _crop_pairs(root / "val", seed, "val", DEMO_VAL_CROPS, (DEMO_TEST_PRESET,)),
                  "test": list(TEST_PHOTOS)}
-        make_paired_dataset(root / "test", "test", DEMO_TEST_PRESET, seed, DEMO_TEST_SIZE)
+        make_paired_dataset(root / "test", "test", DEMO_TEST_PRESET, seed, DEMO_TEST_SIZE, DEMO_SUPERSAMPLE)
         manifest = {"format": DEMO_FORMAT, "params": params, "files": files}
         write_text_atomic(root / MANIFEST, json.dumps(manifest, indent=1))
     files = json.loads((root / MANIFEST).read_text())["files"]

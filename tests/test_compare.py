@@ -67,7 +67,7 @@ def test_test_py_compare_writes_labelled_pictures_and_a_sheet(tmp_path, pipeline
         np.testing.assert_array_equal(clean, _read(data / "target" / f"{name}.png"))
         assert psnr(derained, clean, "matlab-y") > 0
     sheet = _read(out / "compare_sheet.png")
-    assert sheet.shape[0] > 2 * 256 * 24 / 32  # two rows of panels scaled to a 256-pixel longer side
+    assert sheet.shape[0] == 2 * (120 + 18) + 4  # two rows of panels scaled to a 160-pixel longer side
 
 
 def test_compare_is_off_by_default_and_without_targets_shows_two_panels(tmp_path, pipeline_write_pairs, weights):

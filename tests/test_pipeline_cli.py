@@ -12,7 +12,6 @@ import torch
 
 from cli_helpers import TINY_NET_FLAGS, load_script, train_tiny_run
 from data.io import read_image
-from options.test_options import DEMO_WEIGHTS
 from utils.checkpoint import load_model
 from utils.training.schedule import lr_at_epoch
 
@@ -140,14 +139,17 @@ def test_test_without_targets_any_size(pipeline_run, tmp_path, pipeline_write_pa
     assert not (tmp_path / "o" / "metrics.csv").exists()
 
 
-@pytest.mark.skipif(not DEMO_WEIGHTS.is_file(), reason="demo weights not committed yet")
 def test_demo_runs_without_arguments(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the demo writes results/demo/ under the working directory
     assert test_cli.main([]) == 0
     table = capsys.readouterr().out
     assert "rainy input" in table and "derained" in table and "matlab-y" in table
     means = json.loads((tmp_path / "results/demo/derained/metrics.json").read_text())["means"]
-    assert means["derained"]["psnr_matlab-y"] > means["rainy input"]["psnr_matlab-y"] + 0.5  # 19.21 vs 18.33
+    # measured: 25.22 against 19.71 dB (+5.5); the bound leaves room for other CPUs' rounding
+    assert means["derained"]["psnr_matlab-y"] > means["rainy input"]["psnr_matlab-y"] + 5.0
+    assert (tmp_path / "results/demo/derained/compare_sheet.png").is_file()
+    assert sorted(p.name for p in (tmp_path / "results/demo/derained/compare").iterdir()) == [
+        "camera.png", "chelsea.png", "coins.png", "motorcycle.png"]
 
 
 def test_test_amp_bf16_is_close_to_float32(pipeline_run, tmp_path):
