@@ -390,4 +390,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    distributed.end_worker(status)  # torchrun workers end here (see its docstring); one process goes on
+    sys.exit(status)

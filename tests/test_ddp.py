@@ -75,3 +75,30 @@ def test_replica_check_sees_one_drifted_weight():
         same, drifted = results[rank]
         assert len(same) == 2 and same[0] == same[1]
         assert drifted[0] == same[0] and drifted[1] != drifted[0]
+
+
+END_WORKER_SCRIPT = """
+import atexit, logging, sys
+from pathlib import Path
+from utils.training.distributed import end_worker
+out = Path(sys.argv[1])
+atexit.register(lambda: (out / "finalised").write_text("yes"))
+logging.basicConfig(filename=out / "run.log", level=logging.INFO)
+logging.getLogger("worker").info("last record before the end")
+end_worker(3)
+sys.exit(0)
+"""
+
+
+def test_end_worker_skips_interpreter_shutdown_only_under_torchrun(tmp_path):
+    """A torchrun worker ends with its status, logs flushed, without the interpreter shutdown in
+    which gloo's threads abort it; a plain run is left to exit as usual."""
+    for world, expected_code, finalised in (("2", 3, False), ("1", 0, True)):
+        out = tmp_path / f"world{world}"
+        out.mkdir()
+        env = {**os.environ, "WORLD_SIZE": world, "PYTHONPATH": str(ROOT)}
+        proc = subprocess.run([sys.executable, "-c", END_WORKER_SCRIPT, str(out)], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == expected_code, proc.stderr
+        assert "last record before the end" in (out / "run.log").read_text()
+        assert (out / "finalised").exists() == finalised
