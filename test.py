@@ -158,7 +158,7 @@ def report(args: argparse.Namespace, rows: list[dict], input_rows: list[dict], s
 
 def prepare_demo(args: argparse.Namespace) -> None:
     """Point the paths at the synthetic demo test set (built on first use)."""
-    test_dir = Path(make_demo_dataset(DEMO_DATA_ROOT)["test"])
+    test_dir = Path(make_demo_dataset(DEMO_DATA_ROOT, splits=("test",))["test"])
     args.data_path, args.target_path = test_dir / "input", test_dir / "target"
     args.save_path = args.save_path or Path("results/demo/derained")
     log.info("demo: held-out synthetic rain in %s, weights %s", test_dir, args.weights)

@@ -108,7 +108,7 @@ def start_run(argv: list[str]) -> tuple[argparse.Namespace, dict | None, distrib
     if args.preset == "demo" and (args.train_dir is None or args.val_dir is None):
         if not dinfo.is_main:
             distributed.barrier()  # process 0 builds the set once
-        demo = make_demo_dataset(DEMO_DATA_ROOT)
+        demo = make_demo_dataset(DEMO_DATA_ROOT, splits=("train", "val"))
         args.train_dir, args.val_dir = args.train_dir or Path(demo["train"]), args.val_dir or Path(demo["val"])
         if dinfo.is_main:
             distributed.barrier()

@@ -165,23 +165,21 @@ def _crop_pairs(root: Path, seed: int, split: str, crops: int, presets: tuple[st
     return names
 
 
-def _is_complete(root: Path, params: dict[str, Any]) -> bool:
-    """True if ``root`` holds a manifest with ``params`` and every file it lists."""
+def _read_manifest(root: Path, params: dict[str, Any]) -> dict[str, list[str]]:
+    """The file lists of the manifest in ``root`` if it was written with ``params``, else ``{}``."""
     try:
         manifest = json.loads((root / MANIFEST).read_text())
     except (OSError, ValueError):
-        return False
+        return {}
     if manifest.get("format") != DEMO_FORMAT or manifest.get("params") != params:
-        return False
-    files = manifest.get("files", {})
-    if not all(files.get(split) for split in SPLITS):
-        return False
-    return all(
-        (root / split / sub / f"{name}.png").is_file()
-        for split in SPLITS
-        for name in files[split]
-        for sub in ("input", "target")
-    )
+        return {}
+    return manifest.get("files", {})
+
+
+def _is_complete(root: Path, split: str, names: list[str] | None) -> bool:
+    """True if ``names`` (a split's manifest entry) is non-empty and every file it lists exists."""
+    return bool(names) and all((root / split / sub / f"{name}.png").is_file()
+                               for name in names for sub in ("input", "target"))
 
 
 def _remove_stale(root: Path) -> None:
@@ -197,40 +195,58 @@ def _remove_stale(root: Path) -> None:
                 (root / split / sub / f"{name}.png").unlink(missing_ok=True)
 
 
-def make_demo_dataset(root: str | os.PathLike, seed: int = 0) -> dict[str, Any]:
+def _build_split(root: Path, split: str, seed: int) -> list[str]:
+    """Write one split of the demo set under ``root / split``; returns its pair names."""
+    for sub in ("input", "target"):
+        (root / split / sub).mkdir(parents=True, exist_ok=True)
+    if split == "train":
+        return _crop_pairs(root / "train", seed, "train", DEMO_CROPS, DEMO_TRAIN_PRESETS)
+    if split == "val":
+        return _crop_pairs(root / "val", seed, "val", DEMO_VAL_CROPS, (DEMO_TEST_PRESET,))
+    make_paired_dataset(root / "test", "test", DEMO_TEST_PRESET, seed, DEMO_TEST_SIZE, DEMO_SUPERSAMPLE)
+    return list(TEST_PHOTOS)
+
+
+def make_demo_dataset(root: str | os.PathLike, seed: int = 0,
+                      splits: tuple[str, ...] = SPLITS) -> dict[str, Any]:
     """Build a small offline train/test deraining set under ``root``.
 
     Layout: ``<root>/{train,val,test}/{input,target}/<name>.png``, rainy input and clean target
-    paired by file name, plus ``<root>/manifest.json``. Train: 8 random 96..128-pixel crops of
-    each of the 11 :data:`TRAIN_PHOTOS` (short side first scaled to 256), each rendered with
-    the "heavy" and the "light" preset (176 pairs). Val: two more crops of each train photo,
-    drawn from a separate generator and rendered with the test set's "heavy" rain (22 pairs;
-    for learning curves and picking the best epoch, never the test set). Test: the 4 :data:`TEST_PHOTOS`, whole scenes scaled and centre-cropped to
-    128x160, "heavy" rain (4 pairs); no test photo is used for training or validation.
-    Deterministic in ``seed``; if the manifest already describes a complete dataset with the
-    same parameters nothing is rewritten. Not a substitute for Rain200/Rain1200.
+    paired by file name, plus ``<root>/manifest.json``. Train: :data:`DEMO_CROPS` random
+    96..128-pixel crops of each of the 11 :data:`TRAIN_PHOTOS` (short side first scaled to 256),
+    each rendered with the "heavy" and the "light" preset. Val: two more crops of each train
+    photo, drawn from a separate generator and rendered with the test set's "heavy" rain (22
+    pairs; for learning curves and picking the best epoch, never the test set). Test: the 4
+    :data:`TEST_PHOTOS`, whole scenes scaled and centre-cropped to 128x160, "heavy" rain (4
+    pairs); no test photo is used for training or validation. Not a substitute for
+    Rain200/Rain1200.
 
-    Returns ``{"root", "train", "val", "test": Path, "train_pairs", "val_pairs", "test_pairs":
-    int, "regenerated": bool}``.
+    Only ``splits`` are built (``python test.py`` needs the test split alone); each split draws
+    from its own generators, so a split's files do not depend on which others were built.
+    Deterministic in ``seed``; a split that the manifest lists with the same parameters and
+    whose files all exist is not rewritten. A manifest with other parameters is stale: the
+    files it lists are deleted first.
+
+    Returns ``{"root", "train", "val", "test": Path, "<split>_pairs": int for each split built so
+    far, "regenerated": bool}`` (``regenerated``: some split was written by this call).
     """
+    unknown = set(splits) - set(SPLITS)
+    if unknown:
+        raise ValueError(f"unknown demo split(s) {sorted(unknown)}; choose from {SPLITS}")
     root = Path(root)
     params = _demo_params(seed)
-    regenerated = not _is_complete(root, params)
-    if regenerated:
+    files = _read_manifest(root, params)
+    todo = [split for split in splits if not _is_complete(root, split, files.get(split))]
+    if todo:
         root.mkdir(parents=True, exist_ok=True)
-        _remove_stale(root)  # before writing: an interrupted run leaves no valid manifest
-        for split in SPLITS:
-            for sub in ("input", "target"):
-                (root / split / sub).mkdir(parents=True, exist_ok=True)
-        files = {"train": _crop_pairs(root / "train", seed, "train", DEMO_CROPS, DEMO_TRAIN_PRESETS),
-                 "val": _crop_pairs(root / "val", seed, "val", DEMO_VAL_CROPS, (DEMO_TEST_PRESET,)),
-                 "test": list(TEST_PHOTOS)}
-        make_paired_dataset(root / "test", "test", DEMO_TEST_PRESET, seed, DEMO_TEST_SIZE, DEMO_SUPERSAMPLE)
+        if not files:
+            _remove_stale(root)  # before writing: an interrupted run leaves no valid manifest
+        for split in todo:
+            files[split] = _build_split(root, split, seed)
         manifest = {"format": DEMO_FORMAT, "params": params, "files": files}
         write_text_atomic(root / MANIFEST, json.dumps(manifest, indent=1))
-    files = json.loads((root / MANIFEST).read_text())["files"]
     return {"root": root, **{split: root / split for split in SPLITS},
-            **{f"{split}_pairs": len(files[split]) for split in SPLITS}, "regenerated": regenerated}
+            **{f"{split}_pairs": len(names) for split, names in files.items()}, "regenerated": bool(todo)}
 
 
 def demo_pair(size: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

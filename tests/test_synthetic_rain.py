@@ -46,7 +46,7 @@ def demo(tmp_path_factory) -> dict:
 def test_demo_dataset_layout(demo):
     n_train = len(sr.TRAIN_PHOTOS) * sr.DEMO_CROPS * len(sr.DEMO_TRAIN_PRESETS)
     n_val = len(sr.TRAIN_PHOTOS) * sr.DEMO_VAL_CROPS  # heavy rain only, as the test set
-    assert demo["regenerated"] and demo["train_pairs"] == n_train == 176 and demo["val_pairs"] == n_val == 22
+    assert demo["regenerated"] and demo["train_pairs"] == n_train and demo["val_pairs"] == n_val == 22
     assert demo["test_pairs"] == len(sr.TEST_PHOTOS) == 4
     for split, count in (("train", n_train), ("val", n_val), ("test", 4)):
         names = _names(demo[split] / "input")
@@ -105,3 +105,22 @@ def test_demo_dataset_regenerates_when_incomplete_or_changed(tmp_path, small_dem
     assert changed["regenerated"] and changed["train_pairs"] == 4
     assert (first["train"] / "input" / "coffee_c0_heavy.png").read_bytes() != old
     assert not make_demo_dataset(tmp_path / "a", seed=5)["regenerated"]
+
+
+def test_demo_dataset_builds_only_the_splits_asked_for(tmp_path, small_demo):
+    full = make_demo_dataset(tmp_path / "full", seed=0)
+    only_test = make_demo_dataset(tmp_path / "part", seed=0, splits=("test",))
+    assert only_test["regenerated"] and only_test["test_pairs"] == 1 and "train_pairs" not in only_test
+    assert not (tmp_path / "part" / "train").exists() and not (tmp_path / "part" / "val").exists()
+    probe = only_test["test"] / "input" / "camera.png"
+    assert probe.read_bytes() == (full["test"] / "input" / "camera.png").read_bytes()
+    before = probe.stat().st_mtime_ns
+    rest = make_demo_dataset(tmp_path / "part", seed=0)  # adds train and val, keeps test
+    assert rest["regenerated"] and (rest["train_pairs"], rest["val_pairs"], rest["test_pairs"]) == (4, 4, 1)
+    assert probe.stat().st_mtime_ns == before
+    for split in ("train", "val"):
+        for name in _names(full[split] / "input"):
+            assert (rest[split] / "input" / name).read_bytes() == (full[split] / "input" / name).read_bytes()
+    assert not make_demo_dataset(tmp_path / "part", seed=0, splits=("train",))["regenerated"]
+    with pytest.raises(ValueError, match="unknown demo split"):
+        make_demo_dataset(tmp_path / "part", splits=("holdout",))
