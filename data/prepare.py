@@ -55,7 +55,7 @@ from data.pairing import (
 )
 from data.io import write_text_atomic
 from data.registry import DATASETS
-from data.synthetic_rain import make_paired_dataset
+from data.synthetic_rain import DEMO_SUPERSAMPLE, make_paired_dataset
 
 log = logging.getLogger(__name__)
 
@@ -247,11 +247,14 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _synthetic_sources(args: argparse.Namespace, tmp: Path) -> list[tuple[str, Report, list[Pair]]]:
-    """Render the synthetic set under ``tmp``, then pair it as a standard layout."""
+    """Render the synthetic set under ``tmp``, then pair it as a standard layout. At a given
+    size the rain is rendered at twice it and the pair scaled down, as for the demo set (whose
+    test split synth-heavy then equals); at the photos' own sizes it is rendered as is."""
     preset = SYNTHETIC[args.synthetic]
+    supersample = DEMO_SUPERSAMPLE if args.synthetic_size is not None else 1
     out = []
     for split in ("test", "train") if args.synthetic_train else ("test",):
-        make_paired_dataset(tmp / split, split, preset, args.seed, args.synthetic_size)
+        make_paired_dataset(tmp / split, split, preset, args.seed, args.synthetic_size, supersample)
         for _, report, pairs in _standard_sources(tmp / split, split, args.name, False):
             report.title = f"{args.name}/{split}: synthetic, preset {preset!r}, seed {args.seed}"
             out.append((split, report, pairs))
@@ -319,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("--synthetic", choices=sorted(SYNTHETIC), default=None,
                    help="build a synthetic set instead of reading --src (name defaults to it)")
     y.add_argument("--synthetic_size", type=_size, default=(128, 160), metavar="HxW",
-                   help="image size (default: 128x160; 'full': the photos' own sizes)")
+                   help="image size (default: 128x160, rain rendered at twice it and scaled down as in "
+                        "the demo set; 'full': the photos' own sizes, rain rendered as is)")
     y.add_argument("--synthetic_train", action=argparse.BooleanOptionalAction, default=True,
                    help="also build the train split of 11 photos (default: yes)")
     y.add_argument("--seed", type=int, default=0, help="rain seed of the synthetic set (default: 0)")

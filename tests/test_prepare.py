@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from data.prepare import NamePattern, PrepareError, main
-from data.synthetic_rain import make_paired_dataset
+from data.synthetic_rain import make_demo_dataset, make_paired_dataset
 
 H, W = 20, 24  # tiny images: the tool's logic does not depend on size
 
@@ -347,9 +347,20 @@ def test_synthetic_set_equals_generator_output(tmp_path, capsys):
     rc, text = _run(capsys, "--synthetic", "synth-light", "--out", out, "--synthetic_size", "24x32",
                     "--no-synthetic_train", "--seed", "3")
     assert rc == 0, text
-    direct = make_paired_dataset(tmp_path / "direct", "test", "light", seed=3, size=(24, 32))
+    direct = make_paired_dataset(tmp_path / "direct", "test", "light", seed=3, size=(24, 32), supersample=2)
     prepared = out / "synth-light" / "test"
     assert _snapshot(prepared).keys() == _snapshot(direct).keys() and len(_files(prepared / "input")) == 4
     assert {k: v[0] for k, v in _snapshot(prepared).items()} == {k: v[0] for k, v in _snapshot(direct).items()}
     assert not (out / "synth-light" / "train").exists()
     assert [p.name for p in out.iterdir()] == ["synth-light"]  # the temporary build folder is gone
+
+
+def test_synthetic_heavy_test_split_is_the_demo_test_set(tmp_path, capsys):
+    rc, text = _run(capsys, "--synthetic", "synth-heavy", "--out", tmp_path / "out", "--no-synthetic_train")
+    assert rc == 0, text
+    demo = make_demo_dataset(tmp_path / "demo", splits=("test",))["test"]
+    assert _snapshot(tmp_path / "out" / "synth-heavy" / "test").keys() == _snapshot(demo).keys()
+    for sub in ("input", "target"):
+        for name in _files(demo / sub):
+            prepared = tmp_path / "out" / "synth-heavy" / "test" / sub / name
+            assert prepared.read_bytes() == (demo / sub / name).read_bytes(), name
