@@ -248,7 +248,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def _synthetic_sources(args: argparse.Namespace, tmp: Path) -> list[tuple[str, Report, list[Pair]]]:
     """Render the synthetic set under ``tmp``, then pair it as a standard layout. At a given
-    size the rain is rendered at twice it and the pair scaled down, as for the demo set (whose
+    size the rain is rendered at twice that size and the pair scaled down, as for the demo set (whose
     test split synth-heavy then equals); at the photos' own sizes it is rendered as is."""
     preset = SYNTHETIC[args.synthetic]
     supersample = DEMO_SUPERSAMPLE if args.synthetic_size is not None else 1
@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("--synthetic", choices=sorted(SYNTHETIC), default=None,
                    help="build a synthetic set instead of reading --src (name defaults to it)")
     y.add_argument("--synthetic_size", type=_size, default=(128, 160), metavar="HxW",
-                   help="image size (default: 128x160, rain rendered at twice it and scaled down as in "
+                   help="image size (default: 128x160, rain rendered at twice that size and scaled down as in "
                         "the demo set; 'full': the photos' own sizes, rain rendered as is)")
     y.add_argument("--synthetic_train", action=argparse.BooleanOptionalAction, default=True,
                    help="also build the train split of 11 photos (default: yes)")

