@@ -7,7 +7,9 @@
     python test.py                                                            # the demo
 
 One lossless PNG per input (named by its stem); with targets, ``metrics.csv`` (per image) and
-``metrics.json`` (means) in ``--save_path``, and a table on stdout.
+``metrics.json`` (means) in ``--save_path``, and a table on stdout. ``--metrics_only`` names its
+reports ``scores.csv`` / ``scores.json``, so that scoring a results folder in place keeps the
+report of the run that wrote it.
 """
 from __future__ import annotations
 
@@ -137,16 +139,24 @@ def compare_panels(rainy: np.ndarray, derained: np.ndarray, clean: np.ndarray | 
             (derained, f"derained {psnr(derained, clean, protocol):.2f} dB"), (clean, "clean")]
 
 
+def report_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    """Per-image CSV and means JSON in ``--save_path``: ``metrics.*`` for a derain run,
+    ``scores.*`` for ``--metrics_only`` (whose default folder holds a derain run's ``metrics.*``)."""
+    stem = "scores" if args.metrics_only else "metrics"
+    return args.save_path / f"{stem}.csv", args.save_path / f"{stem}.json"
+
+
 def report(args: argparse.Namespace, rows: list[dict], input_rows: list[dict], seconds: float) -> str:
-    """Write ``metrics.csv`` / ``metrics.json`` in ``--save_path``; return the table."""
+    """Write the per-image CSV and the means JSON of :func:`report_paths`; return the table."""
     summaries = {("scored" if args.metrics_only else "derained"): summarise(rows, args.protocols)}
     csv_rows = [dict(r) for r in rows]
     if input_rows:
         summaries["rainy input"] = summarise(input_rows, args.protocols)
         for row, inp in zip(csv_rows, input_rows):
             row.update({f"input_{k}": v for k, v in inp.items() if k != "name"})
-    write_csv(args.save_path / "metrics.csv", csv_rows)
-    write_json(args.save_path / "metrics.json", {
+    csv_path, json_path = report_paths(args)
+    write_csv(csv_path, csv_rows)
+    write_json(json_path, {
         "num_images": len(rows), "protocols": list(args.protocols), "means": summaries,
         "data_path": str(args.data_path), "target_path": str(args.target_path),
         "weights": None if args.metrics_only else str(args.weights),
@@ -189,7 +199,8 @@ def evaluate_folder(args: argparse.Namespace) -> tuple[list[dict], list[dict], d
             write_json(args.save_path / "energy.json", energy)
         if rows:
             print(report(args, rows, input_rows, seconds))
-            print(f"metrics per image: {args.save_path / 'metrics.csv'}; means: {args.save_path / 'metrics.json'}")
+            csv_path, json_path = report_paths(args)
+            print(f"metrics per image: {csv_path}; means: {json_path}")
     if energy is not None:
         print(format_energy(energy))
     return rows, input_rows, energy

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import skimage.data
 
+from data.backgrounds import dead_leaves
 from data.io import write_png, write_text_atomic
 from data.rain import RAIN_PRESETS, ParamsLike, add_rain
 
@@ -115,11 +116,12 @@ def make_paired_dataset(root: str | os.PathLike, split: str = "test", preset: Pa
     return root
 
 
-DEMO_FORMAT = "synthetic-rain-demo/3"
+DEMO_FORMAT = "synthetic-rain-demo/4"
 DEMO_SHORT_SIDE = 256  # photos are downscaled to this short side before crops
 DEMO_SUPERSAMPLE = 2  # rain is rendered at twice the demo size, then the pair scaled down
 DEMO_CROP_SIDES = (96, 112, 128)  # crop heights/widths, drawn independently
 DEMO_CROPS = 8  # train crops per photo
+DEMO_LEAVES = 44  # train dead-leaves backgrounds (data/backgrounds.py), coloured like a train photo
 DEMO_VAL_CROPS = 2  # validation crops per photo: other crops, other rain, same photos
 DEMO_TRAIN_PRESETS = ("heavy", "light")  # one rendering of each per crop
 DEMO_TEST_PRESET = "heavy"
@@ -134,6 +136,7 @@ def _demo_params(seed: int) -> dict[str, Any]:
     return {
         "seed": seed, "train_photos": list(TRAIN_PHOTOS), "test_photos": list(TEST_PHOTOS),
         "short_side": DEMO_SHORT_SIDE, "supersample": DEMO_SUPERSAMPLE, "crop_sides": list(DEMO_CROP_SIDES), "crops": DEMO_CROPS,
+        "leaves": DEMO_LEAVES,
         "val_crops": DEMO_VAL_CROPS, "val_preset": DEMO_TEST_PRESET, "train_presets": list(DEMO_TRAIN_PRESETS),
         "test_preset": DEMO_TEST_PRESET, "test_size": list(DEMO_TEST_SIZE),
         "presets": {k: json.loads(json.dumps(dataclasses.asdict(RAIN_PRESETS[k])))
@@ -162,6 +165,24 @@ def _crop_pairs(root: Path, seed: int, split: str, crops: int, presets: tuple[st
                 name = f"{photo}_c{c}_{preset}"
                 _write_pair(root, name, *_rained_pair(clean, preset, rng, k))
                 names.append(name)
+    return names
+
+
+def _leaves_pairs(root: Path, seed: int, count: int, presets: tuple[str, ...]) -> list[str]:
+    """``count`` dead-leaves backgrounds the size of the photo crops, each with the colours of a
+    random train photo, each rendered once per preset of ``presets``."""
+    rng = _photo_rng(seed, "dead-leaves")
+    k = DEMO_SUPERSAMPLE
+    names = []
+    for i in range(count):
+        photo = load_photo(TRAIN_PHOTOS[int(rng.integers(len(TRAIN_PHOTOS)))])
+        palette = photo.reshape(-1, 3)[rng.integers(0, photo.shape[0] * photo.shape[1], size=4096)]
+        h, w = (int(v) * k for v in rng.choice(DEMO_CROP_SIDES, size=2))
+        clean = dead_leaves(rng, h, w, palette, r_min=2.0 * k, blur=0.8 * k)
+        for preset in presets:
+            name = f"leaves{i:02d}_{preset}"
+            _write_pair(root, name, *_rained_pair(clean, preset, rng, k))
+            names.append(name)
     return names
 
 
@@ -200,7 +221,8 @@ def _build_split(root: Path, split: str, seed: int) -> list[str]:
     for sub in ("input", "target"):
         (root / split / sub).mkdir(parents=True, exist_ok=True)
     if split == "train":
-        return _crop_pairs(root / "train", seed, "train", DEMO_CROPS, DEMO_TRAIN_PRESETS)
+        return (_crop_pairs(root / "train", seed, "train", DEMO_CROPS, DEMO_TRAIN_PRESETS)
+                + _leaves_pairs(root / "train", seed, DEMO_LEAVES, DEMO_TRAIN_PRESETS))
     if split == "val":
         return _crop_pairs(root / "val", seed, "val", DEMO_VAL_CROPS, (DEMO_TEST_PRESET,))
     make_paired_dataset(root / "test", "test", DEMO_TEST_PRESET, seed, DEMO_TEST_SIZE, DEMO_SUPERSAMPLE)

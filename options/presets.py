@@ -25,6 +25,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the demo set's validation split (never its test split), which picks best.pth. Without
     # --train_dir / --val_dir the demo set is built under DEMO_DATA_ROOT.
     "demo": dict(TINY_NETWORK, train_dir=None, val_dir=None, model_save_dir="results/demo/checkpoints",
-                 patch_size_train=48, batch_size=8, num_epochs=220, lr=2e-3, min_lr=1e-5,
+                 patch_size_train=48, batch_size=8, num_epochs=150, lr=2e-3, min_lr=1e-5,
                  warmup_epochs=0, loss="l1", flips=True, num_workers=0, val_epochs=10),
 }

@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("--weights", "checkpoint (released .pth or this project's); required to derain "
                       f"(default: none; the demo uses {demo_weights})"),
         ("--save_path", "where the PNGs and metrics.{csv,json} go (default: results/<weights name>; "
-                        "with --metrics_only: the --data_path folder)"),
+                        "with --metrics_only, scores.{csv,json} go to the --data_path folder)"),
     ):
         io.add_argument(flag, type=Path, default=None, help=text)
     io.add_argument("--metrics_only", action=argparse.BooleanOptionalAction, default=False,

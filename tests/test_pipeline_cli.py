@@ -12,6 +12,7 @@ import torch
 
 from cli_helpers import TINY_NET_FLAGS, load_script, train_tiny_run
 from data.io import read_image
+from data.synthetic_rain import make_demo_dataset
 from utils.checkpoint import load_model
 from utils.training.schedule import lr_at_epoch
 
@@ -120,11 +121,15 @@ def test_test_folder_then_metrics_only(pipeline_run, tmp_path):
     means = json.loads((out / "metrics.json").read_text())["means"]
     assert set(means) == {"derained", "rainy input"} and set(means["derained"]) == {
         f"{m}_{p}" for p in ("matlab-y", "esdnet-y", "rgb") for m in ("psnr", "ssim")}
+    run_report = (out / "metrics.json").read_bytes(), (out / "metrics.csv").read_bytes()
+    assert test_cli.main(["--metrics_only", "--data_path", str(out), "--target_path", str(val / "target")]) == 0
+    again = json.loads((out / "scores.json").read_text())["means"]["scored"]
+    assert again == means["derained"]  # scoring the saved PNGs gives the numbers of the run
+    assert ((out / "metrics.json").read_bytes(), (out / "metrics.csv").read_bytes()) == run_report  # kept
     scored = tmp_path / "scored"
     assert test_cli.main(["--metrics_only", "--data_path", str(out), "--target_path", str(val / "target"),
                           "--save_path", str(scored)]) == 0
-    again = json.loads((scored / "metrics.json").read_text())["means"]["scored"]
-    assert again == means["derained"]  # scoring the saved PNGs gives the numbers of the run
+    assert sorted(p.name for p in scored.iterdir()) == ["scores.csv", "scores.json"]
 
 
 def test_test_without_targets_any_size(pipeline_run, tmp_path, pipeline_write_pairs):
@@ -145,26 +150,28 @@ def test_demo_runs_without_arguments(tmp_path, monkeypatch, capsys):
     table = capsys.readouterr().out
     assert "rainy input" in table and "derained" in table and "matlab-y" in table
     means = json.loads((tmp_path / "results/demo/derained/metrics.json").read_text())["means"]
-    # measured: 25.22 against 19.71 dB (+5.5); the bound leaves room for other CPUs' rounding
-    assert means["derained"]["psnr_matlab-y"] > means["rainy input"]["psnr_matlab-y"] + 5.0
+    # measured: 25.95 against 19.71 dB (+6.2); the bound leaves room for other CPUs' rounding
+    assert means["derained"]["psnr_matlab-y"] > means["rainy input"]["psnr_matlab-y"] + 5.7
     assert (tmp_path / "results/demo/derained/compare_sheet.png").is_file()
     assert sorted(p.name for p in (tmp_path / "results/demo/derained/compare").iterdir()) == [
         "camera.png", "chelsea.png", "coins.png", "motorcycle.png"]
 
 
-def test_test_amp_bf16_is_close_to_float32(pipeline_run, tmp_path):
-    """``--amp bf16``: approximate, labelled in metrics.json, and close to the float32 result
-    (measured on the demo: output PSNR against float32 50-54 dB, matlab-y PSNR -0.01 dB)."""
-    root, _ = pipeline_run
-    val = root / "val"
+def test_test_amp_bf16_is_close_to_float32(tmp_path):
+    """``--amp bf16``: approximate, labelled in metrics.json, and close to the float32 result on
+    the demo test set with the demo weights (measured, docs/speed.md: outputs 46-47 dB from the
+    float32 ones, more than half of the values changed, the reported matlab-y PSNR -0.02 dB on
+    the demo set and -0.03 dB at 481x321)."""
+    test_dir = make_demo_dataset(tmp_path / "demo", splits=("test",))["test"]
     demo = Path(__file__).resolve().parents[1] / "pretrained_models" / "vlifnet_demo.pth"  # a trained network
-    common = ["--data_path", str(val / "input"), "--target_path", str(val / "target"),
-              "--weights", str(demo), "--crop_size", "16", "--overlap_size", "4"]
+    common = ["--data_path", str(test_dir / "input"), "--target_path", str(test_dir / "target"),
+              "--weights", str(demo), "--no-compare"]
     assert test_cli.main([*common, "--save_path", str(tmp_path / "fp32")]) == 0
     assert test_cli.main([*common, "--save_path", str(tmp_path / "bf16"), "--amp", "bf16"]) == 0
     fp32, bf16 = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("fp32", "bf16"))
     assert fp32["amp"] == "off" and bf16["amp"] == "bf16"
-    a = read_image(tmp_path / "fp32" / "v.png").astype(int)
-    b = read_image(tmp_path / "bf16" / "v.png").astype(int)
-    assert 0 < abs(a - b).mean() < 2  # bf16 really ran, and stayed close
-    assert abs(bf16["means"]["derained"]["psnr_rgb"] - fp32["means"]["derained"]["psnr_rgb"]) < 0.5
+    a = read_image(tmp_path / "fp32" / "coins.png").astype(int)
+    b = read_image(tmp_path / "bf16" / "coins.png").astype(int)
+    assert (a != b).mean() > 0.05 and abs(a - b).mean() < 2  # bf16 really ran, and stayed close
+    shift = bf16["means"]["derained"]["psnr_matlab-y"] - fp32["means"]["derained"]["psnr_matlab-y"]
+    assert abs(shift) < 0.3

@@ -44,14 +44,16 @@ def demo(tmp_path_factory) -> dict:
 
 
 def test_demo_dataset_layout(demo):
-    n_train = len(sr.TRAIN_PHOTOS) * sr.DEMO_CROPS * len(sr.DEMO_TRAIN_PRESETS)
+    n_train = (len(sr.TRAIN_PHOTOS) * sr.DEMO_CROPS + sr.DEMO_LEAVES) * len(sr.DEMO_TRAIN_PRESETS)
     n_val = len(sr.TRAIN_PHOTOS) * sr.DEMO_VAL_CROPS  # heavy rain only, as the test set
     assert demo["regenerated"] and demo["train_pairs"] == n_train and demo["val_pairs"] == n_val == 22
     assert demo["test_pairs"] == len(sr.TEST_PHOTOS) == 4
     for split, count in (("train", n_train), ("val", n_val), ("test", 4)):
         names = _names(demo[split] / "input")
         assert names == _names(demo[split] / "target") and len(names) == count
-    train_photos = {n.rsplit("_c", 1)[0] for n in _names(demo["train"] / "input")}
+    leaves = [n for n in _names(demo["train"] / "input") if n.startswith("leaves")]
+    assert len(leaves) == sr.DEMO_LEAVES * len(sr.DEMO_TRAIN_PRESETS)
+    train_photos = {n.rsplit("_c", 1)[0] for n in _names(demo["train"] / "input") if n not in leaves}
     val_photos = {n.rsplit("_c", 1)[0] for n in _names(demo["val"] / "input")}
     test_photos = {n[:-4] for n in _names(demo["test"] / "input")}
     assert train_photos == val_photos == set(sr.TRAIN_PHOTOS) and not train_photos & test_photos
@@ -86,11 +88,12 @@ def small_demo(monkeypatch):
     monkeypatch.setattr(sr, "TRAIN_PHOTOS", ("coffee", "rocket"))
     monkeypatch.setattr(sr, "TEST_PHOTOS", ("camera",))
     monkeypatch.setattr(sr, "DEMO_CROPS", 1)
+    monkeypatch.setattr(sr, "DEMO_LEAVES", 1)
 
 
 def test_demo_dataset_regenerates_when_incomplete_or_changed(tmp_path, small_demo):
     first = make_demo_dataset(tmp_path / "a", seed=0)
-    assert first["train_pairs"] == 4 and first["val_pairs"] == 4 and first["test_pairs"] == 1
+    assert first["train_pairs"] == 6 and first["val_pairs"] == 4 and first["test_pairs"] == 1
     copy = make_demo_dataset(tmp_path / "b", seed=0)
     for split in ("train", "val", "test"):
         for sub in ("input", "target"):
@@ -102,7 +105,7 @@ def test_demo_dataset_regenerates_when_incomplete_or_changed(tmp_path, small_dem
     assert make_demo_dataset(tmp_path / "a", seed=0)["regenerated"] and missing.is_file()
     old = (first["train"] / "input" / "coffee_c0_heavy.png").read_bytes()
     changed = make_demo_dataset(tmp_path / "a", seed=5)
-    assert changed["regenerated"] and changed["train_pairs"] == 4
+    assert changed["regenerated"] and changed["train_pairs"] == 6
     assert (first["train"] / "input" / "coffee_c0_heavy.png").read_bytes() != old
     assert not make_demo_dataset(tmp_path / "a", seed=5)["regenerated"]
 
@@ -116,7 +119,7 @@ def test_demo_dataset_builds_only_the_splits_asked_for(tmp_path, small_demo):
     assert probe.read_bytes() == (full["test"] / "input" / "camera.png").read_bytes()
     before = probe.stat().st_mtime_ns
     rest = make_demo_dataset(tmp_path / "part", seed=0)  # adds train and val, keeps test
-    assert rest["regenerated"] and (rest["train_pairs"], rest["val_pairs"], rest["test_pairs"]) == (4, 4, 1)
+    assert rest["regenerated"] and (rest["train_pairs"], rest["val_pairs"], rest["test_pairs"]) == (6, 4, 1)
     assert probe.stat().st_mtime_ns == before
     for split in ("train", "val"):
         for name in _names(full[split] / "input"):
