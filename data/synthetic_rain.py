@@ -173,9 +173,13 @@ def _leaves_pairs(root: Path, seed: int, count: int, presets: tuple[str, ...]) -
     random train photo, each rendered once per preset of ``presets``."""
     rng = _photo_rng(seed, "dead-leaves")
     k = DEMO_SUPERSAMPLE
+    photos: dict[str, np.ndarray] = {}  # each photo decoded once
     names = []
     for i in range(count):
-        photo = load_photo(TRAIN_PHOTOS[int(rng.integers(len(TRAIN_PHOTOS)))])
+        photo_name = TRAIN_PHOTOS[int(rng.integers(len(TRAIN_PHOTOS)))]
+        if photo_name not in photos:
+            photos[photo_name] = load_photo(photo_name)
+        photo = photos[photo_name]
         palette = photo.reshape(-1, 3)[rng.integers(0, photo.shape[0] * photo.shape[1], size=4096)]
         h, w = (int(v) * k for v in rng.choice(DEMO_CROP_SIDES, size=2))
         clean = dead_leaves(rng, h, w, palette, r_min=2.0 * k, blur=0.8 * k)
@@ -235,8 +239,9 @@ def make_demo_dataset(root: str | os.PathLike, seed: int = 0,
 
     Layout: ``<root>/{train,val,test}/{input,target}/<name>.png``, rainy input and clean target
     paired by file name, plus ``<root>/manifest.json``. Train: :data:`DEMO_CROPS` random
-    96..128-pixel crops of each of the 11 :data:`TRAIN_PHOTOS` (short side first scaled to 256),
-    each rendered with the "heavy" and the "light" preset. Val: two more crops of each train
+    96..128-pixel crops of each of the 11 :data:`TRAIN_PHOTOS` (short side first scaled to 256)
+    and :data:`DEMO_LEAVES` dead-leaves backgrounds of the same sizes coloured like a train photo
+    (:mod:`data.backgrounds`), each rendered with the "heavy" and the "light" preset. Val: two more crops of each train
     photo, drawn from a separate generator and rendered with the test set's "heavy" rain (22
     pairs; for learning curves and picking the best epoch, never the test set). Test: the 4
     :data:`TEST_PHOTOS`, whole scenes scaled and centre-cropped to 128x160, "heavy" rain (4
