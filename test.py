@@ -55,14 +55,15 @@ SHEET_SIDE = 160  # longer side of each panel on the contact sheet, in pixels (t
 
 def load_network(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
     """The checkpoint's network (``--arch`` and network flags override), ready for inference on
-    ``device`` (eval mode, no gradients, batch norm folded unless ``--no-fold_bn``)."""
+    ``device`` (eval mode, no gradients, batch norm folded and VLIF mixing before resizing unless
+    ``--no-fold_bn``)."""
     model, ckpt = load_model(args.weights, arch=args.arch, map_location="cpu", **network_overrides(args))
     log.info("%s: %s %s", args.weights, type(model).__name__, model.config)
     fold = args.fold_bn and not args.energy  # --energy meters the network as trained (its parameters, its layers)
     model = set_neuron_impl(prepare_for_inference(model.to(device), fold=fold), args.neuron_impl)
     args.tile_batch = resolve_tile_batch(model, args.crop_size, args.tile_batch, device)
     log.info("inference: %s neurons, batch norm %s, %s", args.neuron_impl,
-             "folded into the convolutions" if fold else "as trained",
+             "folded into the convolutions, VLIF mixing before resizing" if fold else "as trained",
              "whole images" if args.crop_size == 0 else
              f"{args.crop_size}x{args.crop_size} tiles (overlap {args.overlap_size}), {args.tile_batch} per call")
     return model, ckpt

@@ -162,11 +162,20 @@ class NILIF(_Switchable, nn.Module):
 
 
 class VLIF(_Switchable, nn.Module):
-    """Visual LIF (SPEC 1.3): real-valued output ``[T, B, C, H, W]`` for input of the same shape."""
+    """Visual LIF (SPEC 1.3): real-valued output ``[T, B, C, H, W]`` for input of the same shape.
+
+    ``adjust_first`` (default ``False``, the released order) runs the 1x1 ``channel_adjust``
+    on the ``C r^2`` spike channels at ``H/r x W/r`` and resizes its ``C`` output channels,
+    instead of resizing the spikes and mixing them at ``H x W``. Both maps are linear and the
+    bilinear weights of every output pixel sum to one, so the two orders compute the same
+    function; the first does ``1/r^2`` of the 1x1 and resize work and rounds differently.
+    :func:`utils.fuse.prepare_for_inference` turns it on for inference.
+    """
 
     def __init__(self, channels: int, r: int = 2):
         super().__init__()
         self.r = r
+        self.adjust_first = False
         self.node = NILIF()
         self.channel_adjust = nn.Conv2d(channels * r * r, channels, 1, bias=False)
 
@@ -179,12 +188,27 @@ class VLIF(_Switchable, nn.Module):
         T, B, C, H, W = x_seq.shape
         if self.impl == "fast":
             y = kernels.vlif_spikes(x_seq, self.r, self.kernel_backend)  # [T*B, C*r*r, H/r, W/r], one kernel
-            y = kernels.upsample_spikes(y, (H, W), self.kernel_backend)  # exact: spikes are multiples of 1/4
         else:
             spikes = self.node(patch_to_time(x_seq, self.r))  # [T*r*r, B, C, H/r, W/r]
             y = time_to_patch(spikes, T, self.r)  # [T*B, C*r*r, H/r, W/r]
-            y = F.interpolate(y, size=(H, W), mode="bilinear", align_corners=False)
-        return self.channel_adjust(y).view(T, B, C, H, W)
+        if self.adjust_first:
+            y = self._resize(self.channel_adjust(y), (H, W))
+        else:
+            y = self.channel_adjust(self._resize(y, (H, W)))
+        return y.view(T, B, C, H, W)
+
+    def _resize(self, y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if self.impl == "fast":
+            return kernels.upsample_spikes(y, size, self.kernel_backend)  # exact on spikes (multiples of 1/4)
+        return F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+
+
+def set_adjust_first(module: nn.Module, on: bool = True) -> nn.Module:
+    """Set :attr:`VLIF.adjust_first` on every VLIF in ``module``; returns ``module``."""
+    for m in module.modules():
+        if isinstance(m, VLIF):
+            m.adjust_first = on
+    return module
 
 
 NEURONS: dict[str, type[nn.Module]] = {"vlif": VLIF, "lif": LIF, "nilif": NILIF}

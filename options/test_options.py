@@ -69,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_network_args(p, from_checkpoint=True)
     add_inference_args(p)
     p.add_argument("--fold_bn", action=argparse.BooleanOptionalAction, default=True,
-                   help="fold each eval-mode batch norm into the convolution before it (same function, float "
-                        "rounding apart; docs/speed.md); --no-fold_bn runs the layers as trained")
+                   help="fold each eval-mode batch norm into the convolution before it and run each VLIF's 1x1 "
+                        "channel_adjust before its resize (the same function in fewer operations, float rounding "
+                        "apart; docs/speed.md); --no-fold_bn runs the layers as trained, in their order")
     return p
 
 

@@ -94,6 +94,28 @@ def test_vlif_layer_identical(backend, r):
     assert _rel(g_fast, g_ref) <= 1e-5 and _rel(w_fast, w_ref) <= 1e-5
 
 
+@pytest.mark.parametrize("impl", NEURON_IMPLS)
+@pytest.mark.parametrize("r", [2, 3])
+def test_vlif_adjust_first_is_the_same_function(backend, impl, r):
+    """Mixing the spikes before resizing them (VLIF.adjust_first) computes the same function and
+    gradients as the released order; float64, where the two roundings cannot flip a spike."""
+    torch.manual_seed(2)
+    layer = set_neuron_impl(VLIF(3, r).double(), impl, backend)
+    x = torch.randn(4, 2, 3, 6 * r, 5 * r, dtype=torch.float64) * 2
+    grad = torch.randn_like(x)
+    y_ref, g_ref = _fwd_bwd(layer, x, grad)
+    w_ref = layer.channel_adjust.weight.grad.clone()
+    layer.zero_grad()
+    layer.adjust_first = True
+    y_new, g_new = _fwd_bwd(layer, x, grad)
+    w_new = layer.channel_adjust.weight.grad.clone()
+    assert (y_new - y_ref).abs().max().item() < 1e-12 and y_ref.abs().max().item() > 0.1
+    assert _rel(g_new, g_ref) < 1e-12 and _rel(w_new, w_ref) < 1e-12
+    with torch.no_grad():  # and float32, to float rounding
+        y32 = layer.float()(x.float())
+    assert (y32.double() - y_ref).abs().max().item() < 1e-5
+
+
 def test_vlif_spikes_match_reordered_reference(backend):
     x = torch.randn(4, 2, 3, 8, 10) * 2
     grad = torch.randn(8, 12, 4, 5)
@@ -249,10 +271,21 @@ def test_fold_batchnorm(file):
     assert (a - b).abs().max().item() < 1e-9
 
 
+def _adjust_first(net) -> list[bool]:
+    return [m.adjust_first for m in net.modules() if isinstance(m, VLIF)]
+
+
 def test_fold_inplace_and_prepare():
     net, ref = _golden_net()
     prepared = prepare_for_inference(net)
     assert not any(p.requires_grad for p in prepared.parameters()) and not prepared.training
+    assert _adjust_first(prepared) and all(_adjust_first(prepared))
+    assert not any(_adjust_first(net))  # the original keeps the released order
+    assert not any(_adjust_first(prepare_for_inference(net, fold=False)))
+    assert all(_adjust_first(prepare_for_inference(net, fold=False, adjust_first=True)))
+    with torch.no_grad():  # the prepared network reproduces the float64 golden output
+        out = prepared.double()(ref["input"].double())
+    assert (out - ref["output_eval"]).abs().max().item() < 1e-9
     assert fold_batchnorm(net, inplace=True) is net
 
 

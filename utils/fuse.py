@@ -1,4 +1,4 @@
-"""Inference-time preparation: batch-norm folding and memory-sized tile batches.
+"""Inference-time preparation: batch-norm folding, VLIF's cheaper order, memory-sized tile batches.
 
 In eval mode a batch norm is an affine map per channel, ``y = x * a + b`` with
 ``a = weight / sqrt(running_var + eps)`` and ``b = bias - running_mean * a``; directly after a
@@ -16,6 +16,8 @@ import os
 import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from models.neurons import set_adjust_first
 
 __all__ = ["find_conv_bn_pairs", "fold_batchnorm", "prepare_for_inference", "auto_tile_batch"]
 
@@ -100,13 +102,18 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor | None = None, inplac
     return target
 
 
-def prepare_for_inference(model: nn.Module, fold: bool = True, example: torch.Tensor | None = None) -> nn.Module:
-    """An eval-mode, gradient-free copy of ``model`` with batch norms folded (``fold=True``).
+def prepare_for_inference(model: nn.Module, fold: bool = True, example: torch.Tensor | None = None,
+                          adjust_first: bool | None = None) -> nn.Module:
+    """An eval-mode, gradient-free copy of ``model`` with batch norms folded (``fold=True``)
+    and every VLIF mixing its spikes before resizing them (``adjust_first``, default: as
+    ``fold``; :class:`models.neurons.VLIF`). Both are the same function computed in fewer
+    operations, with other float rounding; ``fold=False`` alone gives the layers as trained.
 
     Use under ``torch.inference_mode()`` with the fast neurons
     (``models.neurons.set_neuron_impl("fast")``, the default).
     """
     out = fold_batchnorm(model, example) if fold else copy.deepcopy(model).eval()
+    set_adjust_first(out, fold if adjust_first is None else adjust_first)
     out.requires_grad_(False)
     return out
 

@@ -253,8 +253,9 @@ class Upsample2xFunction(torch.autograd.Function):
 
 
 def upsample_spikes(y: torch.Tensor, size: tuple[int, int], backend: str = "auto") -> torch.Tensor:
-    """``F.interpolate(y, size, mode="bilinear", align_corners=False)`` for VLIF's spikes:
-    the native exact x2 kernel where it applies, ``F.interpolate`` otherwise."""
+    """``F.interpolate(y, size, mode="bilinear", align_corners=False)`` for VLIF: the native x2
+    kernel where it applies, ``F.interpolate`` otherwise. On spikes (multiples of 1/4) the two
+    agree bit for bit; on other values (VLIF's ``adjust_first``) to float rounding."""
     h, w = y.shape[-2:]
     if y.dtype in LOW_PRECISION:  # x2 weights on k/4 spikes give multiples of 1/16: exact in 16 bits
         return upsample_spikes(y.float(), size, backend).to(y.dtype)

@@ -172,7 +172,7 @@ def inference_cases(device: torch.device, reps: int, quick: bool) -> list[Pair]:
     cases = [Pair(
         f"tiled_inference_{w}x{h}",
         f"VLIFNet dim 48, {w}x{h} image, {CROP}x{CROP} tiles overlap {OVERLAP}: reference one tile at a time; "
-        f"fast {tile_batch} tiles per call, batch norm folded",
+        f"fast {tile_batch} tiles per call, batch norm folded, VLIF mixing before resizing",
         run("reference", net, 1, img), run("fast", fast_net, tile_batch, img), reps,
         warmup_reference=warm("reference", net, 1), warmup_fast=warm("fast", fast_net, tile_batch),
         compare=_image_diff)]
