@@ -69,5 +69,57 @@ class TimeAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         avg = F.adaptive_avg_pool3d(x, 1)  # [B, L, 1, 1, 1]
-        peak = F.adaptive_max_pool3d(x, 1)  # [B, L, 1, 1, 1]
+        peak = global_max(x)  # [B, L, 1, 1, 1]
         return torch.sigmoid(self.sharedMLP(avg) + self.sharedMLP(peak))
+
+
+def _needs_index(x: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and x.requires_grad
+
+
+def global_max(x: torch.Tensor) -> torch.Tensor:
+    """``F.adaptive_max_pool3d(x, 1)``: the max over the last three dims, kept.
+
+    Without gradients it is ``amax`` (the same values, about 5x faster on a CPU: no indices);
+    with them the pooling, whose gradient goes to one of tied maxima as in the released code
+    (``amax`` would split it between them, and spikes tie often).
+    """
+    return F.adaptive_max_pool3d(x, 1) if _needs_index(x) else x.amax(dim=(-3, -2, -1), keepdim=True)
+
+
+class GlobalMaxPool(nn.Module):
+    """``nn.AdaptiveMaxPool3d(1)`` computed by :func:`global_max`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return global_max(x)
+
+
+class SpatialGate(nn.Module):
+    """The spatial gate of spikingjelly's ``MultiDimensionalAttention`` (its private
+    ``_SpatialAttention``: mean and max over ``(L, C)``, a 2->1 convolution, sigmoid), holding the
+    same convolution; the max without gradients is ``amax`` (see :func:`global_max`)."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1, 2)
+        peak = x.max(dim=1, keepdim=True).values if _needs_index(x) else x.amax(dim=1, keepdim=True)
+        score = self.conv(torch.cat((x.mean(dim=1, keepdim=True), peak), dim=1))
+        return torch.sigmoid(score).unsqueeze(1)
+
+
+def fast_attention_max(module: nn.Module) -> nn.Module:
+    """Swap, in every ``MultiDimensionalAttention`` of ``module``, the max pooling of its time
+    and channel gates for :class:`GlobalMaxPool` and its spatial gate for :class:`SpatialGate`:
+    the same values and state-dict keys, about 5% less time per inference tile. Returns
+    ``module``; :func:`utils.fuse.prepare_for_inference` applies it."""
+    for m in module.modules():
+        if isinstance(m, layer.MultiDimensionalAttention):
+            for gate in (m.ta, m.ca):
+                if gate is not None:
+                    gate.max_pool = GlobalMaxPool()
+            if m.sa is not None and not isinstance(m.sa, SpatialGate):
+                m.sa = SpatialGate(m.sa.conv)
+    return module

@@ -2,6 +2,7 @@
 gradients within 1e-5 relative), on CPU (tests/test_cuda.py has the CUDA ones)."""
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -287,6 +288,34 @@ def test_fold_inplace_and_prepare():
         out = prepared.double()(ref["input"].double())
     assert (out - ref["output_eval"]).abs().max().item() < 1e-9
     assert fold_batchnorm(net, inplace=True) is net
+
+
+def test_attention_max_as_amax_changes_no_value(tiny_config):
+    """prepare_for_inference runs the attention's max pooling as amax: the same values bit for
+    bit in float32, the same keys; with gradients, the same gradients on tied maxima."""
+    from spikingjelly.activation_based.layer import MultiDimensionalAttention
+
+    from models.layers import GlobalMaxPool, SpatialGate, fast_attention_max, mda
+
+    torch.manual_seed(3)
+    net = build_model("vlifnet", **tiny_config).eval()
+    prepared = prepare_for_inference(net, fold=False)
+    assert not any(_adjust_first(prepared))
+    assert any(isinstance(m, SpatialGate) for m in prepared.modules())
+    assert any(isinstance(m, GlobalMaxPool) for m in prepared.modules())
+    assert prepared.state_dict().keys() == net.state_dict().keys()
+    x = torch.rand(2, 3, 32, 40)
+    with torch.inference_mode():
+        assert torch.equal(prepared(x), net(x))
+
+    layer = mda(16, 4)
+    swapped = fast_attention_max(copy.deepcopy(layer))
+    assert isinstance(swapped, MultiDimensionalAttention) and isinstance(swapped.sa, SpatialGate)
+    x = (torch.rand(4, 2, 16, 6, 7) * 4).round() / 4  # spike-like: many tied maxima
+    grad = torch.randn_like(x)
+    y_ref, g_ref = _fwd_bwd(layer, x, grad)
+    y_new, g_new = _fwd_bwd(swapped, x, grad)
+    assert torch.equal(y_new, y_ref) and torch.equal(g_new, g_ref)
 
 
 def test_batched_folded_tiles_equal_one_at_a_time():
