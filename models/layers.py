@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from spikingjelly.activation_based import layer
 
+from .kernels.common import LOW_PRECISION
 from .neurons import LIF_THRESHOLD
 
 TDBN_ALPHA = 1 / math.sqrt(2)
@@ -32,15 +33,31 @@ def tdbn(channels: int, v_th: float = LIF_THRESHOLD) -> layer.ThresholdDependent
     return layer.ThresholdDependentBatchNorm2d(alpha=TDBN_ALPHA, v_th=v_th, num_features=channels)
 
 
+class Float32MLP(nn.Sequential):
+    """An attention gate's shared MLP (1x1x1 Conv3d, ReLU, 1x1x1 Conv3d on pooled
+    ``[B, L, 1, 1, 1]`` values), run in float32 outside autocast and returned in its input's
+    dtype. In float32 and float64 it is plain ``nn.Sequential`` (same keys, same values); under bf16
+    autocast it spares a few hundred tiny bf16 convolutions per tile, whose set-up cost more
+    than their arithmetic (about 9% of a bf16 inference tile; docs/speed.md)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float() if x.dtype in LOW_PRECISION else x).to(x.dtype)
+
+
 def mda(channels: int, T: int = 4) -> layer.MultiDimensionalAttention:
     """Multi-dimensional attention (time, channel, spatial gating, then ReLU).
 
     The released model uses ``reduction_t=4`` with T=4; for T < 4 the time MLP keeps one
-    hidden unit so that other T still build.
+    hidden unit so that other T still build. The time and channel gates' MLPs are
+    :class:`Float32MLP` (same keys).
     """
-    return layer.MultiDimensionalAttention(
+    attn = layer.MultiDimensionalAttention(
         T=T, C=channels, reduction_t=min(4, T), reduction_c=16, kernel_size=3
     )
+    for gate in (attn.ta, attn.ca):
+        gate.sharedMLP = Float32MLP(*gate.sharedMLP)
+    return attn
 
 
 def upsample_seq(x_seq: torch.Tensor, scale: int = 2) -> torch.Tensor:
@@ -61,7 +78,7 @@ class TimeAttention(nn.Module):
     def __init__(self, steps: int, ratio: int = 4):
         super().__init__()
         hidden = max(1, steps // ratio)
-        self.sharedMLP = nn.Sequential(
+        self.sharedMLP = Float32MLP(
             nn.Conv3d(steps, hidden, 1, bias=False),
             nn.ReLU(),
             nn.Conv3d(hidden, steps, 1, bias=False),

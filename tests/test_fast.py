@@ -318,6 +318,29 @@ def test_attention_max_as_amax_changes_no_value(tiny_config):
     assert torch.equal(y_new, y_ref) and torch.equal(g_new, g_ref)
 
 
+def test_attention_mlp_runs_in_float32_under_autocast():
+    """The gates' shared MLPs leave autocast: float32 arithmetic, the input's dtype back; plain
+    nn.Sequential outside autocast."""
+    from models.layers import Float32MLP, mda
+
+    torch.manual_seed(4)
+    attn = mda(16, 4)
+    mlp = attn.ca.sharedMLP
+    assert isinstance(mlp, Float32MLP) and isinstance(attn.ta.sharedMLP, Float32MLP)
+    plain = torch.nn.Sequential(*mlp)
+    x = torch.randn(2, 16, 4, 1, 1)
+    assert torch.equal(mlp(x), plain(x))
+    mlp64 = copy.deepcopy(mlp).double()
+    assert torch.equal(mlp64(x.double()), torch.nn.Sequential(*mlp64)(x.double()))
+    assert mlp64(x.double()).dtype == torch.float64
+    low = x.bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = mlp(low)
+        in_bf16 = plain(low)
+    assert out.dtype == torch.bfloat16 and in_bf16.dtype == torch.bfloat16
+    assert torch.equal(out, plain(low.float()).bfloat16())  # float32 arithmetic, rounded once
+
+
 def test_batched_folded_tiles_equal_one_at_a_time():
     """Folded, batched tiles against the reference path one tile at a time: different
     rounding, so float64 (see test_fold_batchnorm)."""
