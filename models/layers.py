@@ -33,63 +33,6 @@ def tdbn(channels: int, v_th: float = LIF_THRESHOLD) -> layer.ThresholdDependent
     return layer.ThresholdDependentBatchNorm2d(alpha=TDBN_ALPHA, v_th=v_th, num_features=channels)
 
 
-class Float32MLP(nn.Sequential):
-    """An attention gate's shared MLP (1x1x1 Conv3d, ReLU, 1x1x1 Conv3d on pooled
-    ``[B, L, 1, 1, 1]`` values), run in float32 outside autocast and returned in its input's
-    dtype. In float32 and float64 it is plain ``nn.Sequential`` (same keys, same values); under bf16
-    autocast it spares a few hundred tiny bf16 convolutions per tile, whose set-up cost more
-    than their arithmetic (about 9% of a bf16 inference tile; docs/speed.md)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(x.device.type, enabled=False):
-            return super().forward(x.float() if x.dtype in LOW_PRECISION else x).to(x.dtype)
-
-
-def mda(channels: int, T: int = 4) -> layer.MultiDimensionalAttention:
-    """Multi-dimensional attention (time, channel, spatial gating, then ReLU).
-
-    The released model uses ``reduction_t=4`` with T=4; for T < 4 the time MLP keeps one
-    hidden unit so that other T still build. The time and channel gates' MLPs are
-    :class:`Float32MLP` (same keys).
-    """
-    attn = layer.MultiDimensionalAttention(
-        T=T, C=channels, reduction_t=min(4, T), reduction_c=16, kernel_size=3
-    )
-    for gate in (attn.ta, attn.ca):
-        gate.sharedMLP = Float32MLP(*gate.sharedMLP)
-    return attn
-
-
-def upsample_seq(x_seq: torch.Tensor, scale: int = 2) -> torch.Tensor:
-    """Bilinear upsampling of every time step, ``align_corners=False``."""
-    T, B = x_seq.shape[:2]
-    x = F.interpolate(x_seq.flatten(0, 1), scale_factor=scale, mode="bilinear", align_corners=False)
-    return x.view(T, B, *x.shape[1:])  # [T, B, C, H*scale, W*scale]
-
-
-class TimeAttention(nn.Module):
-    """Gating weights over the L steps of ``[B, L, C, h, w]`` -> ``[B, L, 1, 1, 1]`` (SPEC 2).
-
-    Average- and max-pool over ``(C, h, w)``, a shared two-layer MLP of 1x1x1 Conv3d, sigmoid
-    of the sum: the structure of spikingjelly's axis attention, written out because that class
-    is private.
-    """
-
-    def __init__(self, steps: int, ratio: int = 4):
-        super().__init__()
-        hidden = max(1, steps // ratio)
-        self.sharedMLP = Float32MLP(
-            nn.Conv3d(steps, hidden, 1, bias=False),
-            nn.ReLU(),
-            nn.Conv3d(hidden, steps, 1, bias=False),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        avg = F.adaptive_avg_pool3d(x, 1)  # [B, L, 1, 1, 1]
-        peak = global_max(x)  # [B, L, 1, 1, 1]
-        return torch.sigmoid(self.sharedMLP(avg) + self.sharedMLP(peak))
-
-
 def _needs_index(x: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and x.requires_grad
 
@@ -127,16 +70,62 @@ class SpatialGate(nn.Module):
         return torch.sigmoid(score).unsqueeze(1)
 
 
-def fast_attention_max(module: nn.Module) -> nn.Module:
-    """Swap, in every ``MultiDimensionalAttention`` of ``module``, the max pooling of its time
-    and channel gates for :class:`GlobalMaxPool` and its spatial gate for :class:`SpatialGate`:
-    the same values and state-dict keys, about 5% less time per inference tile. Returns
-    ``module``; :func:`utils.fuse.prepare_for_inference` applies it."""
-    for m in module.modules():
-        if isinstance(m, layer.MultiDimensionalAttention):
-            for gate in (m.ta, m.ca):
-                if gate is not None:
-                    gate.max_pool = GlobalMaxPool()
-            if m.sa is not None and not isinstance(m.sa, SpatialGate):
-                m.sa = SpatialGate(m.sa.conv)
-    return module
+class Float32MLP(nn.Sequential):
+    """An attention gate's shared MLP (1x1x1 Conv3d, ReLU, 1x1x1 Conv3d on pooled
+    ``[B, L, 1, 1, 1]`` values), run in float32 outside autocast and returned in its input's
+    dtype. In float32 and float64 it is plain ``nn.Sequential`` (same keys, same values); under bf16
+    autocast it spares a few hundred tiny bf16 convolutions per tile, whose set-up cost more
+    than their arithmetic (about 9% of a bf16 inference tile; docs/speed.md)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float() if x.dtype in LOW_PRECISION else x).to(x.dtype)
+
+
+def mda(channels: int, T: int = 4) -> layer.MultiDimensionalAttention:
+    """Multi-dimensional attention (time, channel, spatial gating, then ReLU).
+
+    The released model uses ``reduction_t=4`` with T=4; for T < 4 the time MLP keeps one
+    hidden unit so that other T still build. spikingjelly's module with three parts swapped
+    for ones that compute the same values (same keys): the time and channel gates' max pooling
+    (:class:`GlobalMaxPool`) and MLPs (:class:`Float32MLP`), and the spatial gate
+    (:class:`SpatialGate`).
+    """
+    attn = layer.MultiDimensionalAttention(
+        T=T, C=channels, reduction_t=min(4, T), reduction_c=16, kernel_size=3
+    )
+    for gate in (attn.ta, attn.ca):
+        gate.max_pool = GlobalMaxPool()
+        gate.sharedMLP = Float32MLP(*gate.sharedMLP)
+    attn.sa = SpatialGate(attn.sa.conv)
+    return attn
+
+
+def upsample_seq(x_seq: torch.Tensor, scale: int = 2) -> torch.Tensor:
+    """Bilinear upsampling of every time step, ``align_corners=False``."""
+    T, B = x_seq.shape[:2]
+    x = F.interpolate(x_seq.flatten(0, 1), scale_factor=scale, mode="bilinear", align_corners=False)
+    return x.view(T, B, *x.shape[1:])  # [T, B, C, H*scale, W*scale]
+
+
+class TimeAttention(nn.Module):
+    """Gating weights over the L steps of ``[B, L, C, h, w]`` -> ``[B, L, 1, 1, 1]`` (SPEC 2).
+
+    Average- and max-pool over ``(C, h, w)``, a shared two-layer MLP of 1x1x1 Conv3d, sigmoid
+    of the sum: the structure of spikingjelly's axis attention, written out because that class
+    is private.
+    """
+
+    def __init__(self, steps: int, ratio: int = 4):
+        super().__init__()
+        hidden = max(1, steps // ratio)
+        self.sharedMLP = Float32MLP(
+            nn.Conv3d(steps, hidden, 1, bias=False),
+            nn.ReLU(),
+            nn.Conv3d(hidden, steps, 1, bias=False),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        avg = F.adaptive_avg_pool3d(x, 1)  # [B, L, 1, 1, 1]
+        peak = global_max(x)  # [B, L, 1, 1, 1]
+        return torch.sigmoid(self.sharedMLP(avg) + self.sharedMLP(peak))

@@ -290,32 +290,29 @@ def test_fold_inplace_and_prepare():
     assert fold_batchnorm(net, inplace=True) is net
 
 
-def test_attention_max_as_amax_changes_no_value(tiny_config):
-    """prepare_for_inference runs the attention's max pooling as amax: the same values bit for
-    bit in float32, the same keys; with gradients, the same gradients on tied maxima."""
+def test_attention_parts_change_no_value():
+    """mda() swaps three parts of spikingjelly's MultiDimensionalAttention (max pooling as amax
+    without gradients, the spatial gate, float32 MLPs): the same keys, the same values bit for
+    bit in float32 with and without gradients, the same gradients on tied maxima."""
     from spikingjelly.activation_based.layer import MultiDimensionalAttention
 
-    from models.layers import GlobalMaxPool, SpatialGate, fast_attention_max, mda
+    from models.layers import GlobalMaxPool, SpatialGate, mda
 
     torch.manual_seed(3)
-    net = build_model("vlifnet", **tiny_config).eval()
-    prepared = prepare_for_inference(net, fold=False)
-    assert not any(_adjust_first(prepared))
-    assert any(isinstance(m, SpatialGate) for m in prepared.modules())
-    assert any(isinstance(m, GlobalMaxPool) for m in prepared.modules())
-    assert prepared.state_dict().keys() == net.state_dict().keys()
-    x = torch.rand(2, 3, 32, 40)
-    with torch.inference_mode():
-        assert torch.equal(prepared(x), net(x))
-
-    layer = mda(16, 4)
-    swapped = fast_attention_max(copy.deepcopy(layer))
-    assert isinstance(swapped, MultiDimensionalAttention) and isinstance(swapped.sa, SpatialGate)
+    ours = mda(16, 4)
+    assert isinstance(ours.sa, SpatialGate) and isinstance(ours.ca.max_pool, GlobalMaxPool)
+    theirs = MultiDimensionalAttention(T=4, C=16, reduction_t=4, reduction_c=16, kernel_size=3)
+    assert list(theirs.state_dict()) == list(ours.state_dict())
+    theirs.load_state_dict(ours.state_dict())
     x = (torch.rand(4, 2, 16, 6, 7) * 4).round() / 4  # spike-like: many tied maxima
+    with torch.inference_mode():
+        assert torch.equal(ours(x), theirs(x))
     grad = torch.randn_like(x)
-    y_ref, g_ref = _fwd_bwd(layer, x, grad)
-    y_new, g_new = _fwd_bwd(swapped, x, grad)
+    y_ref, g_ref = _fwd_bwd(theirs, x, grad)
+    y_new, g_new = _fwd_bwd(ours, x, grad)
     assert torch.equal(y_new, y_ref) and torch.equal(g_new, g_ref)
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        assert torch.equal(a.grad, b.grad)
 
 
 def test_attention_mlp_runs_in_float32_under_autocast():

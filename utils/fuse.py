@@ -17,7 +17,6 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from models.layers import fast_attention_max
 from models.neurons import set_adjust_first
 
 __all__ = ["find_conv_bn_pairs", "fold_batchnorm", "prepare_for_inference", "auto_tile_batch"]
@@ -109,15 +108,12 @@ def prepare_for_inference(model: nn.Module, fold: bool = True, example: torch.Te
     and every VLIF mixing its spikes before resizing them (``adjust_first``, default: as
     ``fold``; :class:`models.neurons.VLIF`). Both are the same function computed in fewer
     operations, with other float rounding; ``fold=False`` alone gives the layers as trained.
-    The attention's max pooling runs as ``amax`` either way (the same values;
-    :func:`models.layers.fast_attention_max`).
 
     Use under ``torch.inference_mode()`` with the fast neurons
     (``models.neurons.set_neuron_impl("fast")``, the default).
     """
     out = fold_batchnorm(model, example) if fold else copy.deepcopy(model).eval()
     set_adjust_first(out, fold if adjust_first is None else adjust_first)
-    fast_attention_max(out)  # the same values, always
     out.requires_grad_(False)
     return out
 
