@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from spikingjelly.activation_based import layer
 
+from .kernels.backend import needs_grad
 from .kernels.common import LOW_PRECISION
 from .neurons import LIF_THRESHOLD
 
@@ -33,10 +34,6 @@ def tdbn(channels: int, v_th: float = LIF_THRESHOLD) -> layer.ThresholdDependent
     return layer.ThresholdDependentBatchNorm2d(alpha=TDBN_ALPHA, v_th=v_th, num_features=channels)
 
 
-def _needs_index(x: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and x.requires_grad
-
-
 def global_max(x: torch.Tensor) -> torch.Tensor:
     """``F.adaptive_max_pool3d(x, 1)``: the max over the last three dims, kept.
 
@@ -44,7 +41,7 @@ def global_max(x: torch.Tensor) -> torch.Tensor:
     with them the pooling, whose gradient goes to one of tied maxima as in the released code
     (``amax`` would split it between them, and spikes tie often).
     """
-    return F.adaptive_max_pool3d(x, 1) if _needs_index(x) else x.amax(dim=(-3, -2, -1), keepdim=True)
+    return F.adaptive_max_pool3d(x, 1) if needs_grad(x) else x.amax(dim=(-3, -2, -1), keepdim=True)
 
 
 class GlobalMaxPool(nn.Module):
@@ -65,7 +62,7 @@ class SpatialGate(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1, 2)
-        peak = x.max(dim=1, keepdim=True).values if _needs_index(x) else x.amax(dim=1, keepdim=True)
+        peak = x.max(dim=1, keepdim=True).values if needs_grad(x) else x.amax(dim=1, keepdim=True)
         score = self.conv(torch.cat((x.mean(dim=1, keepdim=True), peak), dim=1))
         return torch.sigmoid(score).unsqueeze(1)
 
