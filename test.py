@@ -51,6 +51,7 @@ from utils.training.device import pick_device
 log = logging.getLogger("test")
 SHEET_IMAGES = 32  # the contact sheet shows the first images of a folder, at most this many
 SHEET_SIDE = 160  # longer side of each panel on the contact sheet, in pixels (the demo images: as they are)
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # --amp
 
 
 def load_network(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
@@ -60,7 +61,8 @@ def load_network(args: argparse.Namespace, device: torch.device) -> tuple[nn.Mod
     model, ckpt = load_model(args.weights, arch=args.arch, map_location="cpu", **network_overrides(args))
     log.info("%s: %s %s", args.weights, type(model).__name__, model.config)
     fold = args.fold_bn and not args.energy  # --energy meters the network as trained (its parameters, its layers)
-    model = set_neuron_impl(prepare_for_inference(model.to(device), fold=fold), args.neuron_impl)
+    amp = AMP_DTYPES.get(args.amp)  # convolution weights stored in it: autocast would cast them at every call
+    model = set_neuron_impl(prepare_for_inference(model.to(device), fold=fold, amp=amp), args.neuron_impl)
     args.tile_batch = resolve_tile_batch(model, args.crop_size, args.tile_batch, device)
     log.info("inference: %s neurons, batch norm %s, %s", args.neuron_impl,
              "folded into the convolutions, VLIF mixing before resizing" if fold else "as trained",
@@ -96,7 +98,7 @@ def run(args: argparse.Namespace, items: list[tuple[Path, Path | None]], net: nn
         net, inputs, args.crop_size, args.overlap_size, args.tile_batch, device)
     bar = tqdm(zip(items, pairs), total=len(items), desc="derain" if net is not None else "score",
                dynamic_ncols=True)
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
+    amp = AMP_DTYPES.get(args.amp)
     with torch.autocast(device.type, dtype=amp, enabled=amp is not None and net is not None):
         return _write_and_score(args, bar)
 

@@ -12,7 +12,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from spikingjelly.activation_based import layer
 
-from .kernels.backend import needs_grad
+from .kernels import upsample_spikes
+from .kernels.pooling import col_mean_max, row_mean_max
+from .kernels.backend import needs_grad, runs_bf16_natively
 from .kernels.common import LOW_PRECISION
 from .neurons import LIF_THRESHOLD
 
@@ -44,6 +46,26 @@ def global_max(x: torch.Tensor) -> torch.Tensor:
     return F.adaptive_max_pool3d(x, 1) if needs_grad(x) else x.amax(dim=(-3, -2, -1), keepdim=True)
 
 
+def global_avg(x: torch.Tensor) -> torch.Tensor:
+    """``F.adaptive_avg_pool3d(x, 1)``: the mean over the last three dims, kept.
+
+    Gradient-free bfloat16 / float16 input (mixed-precision inference) takes ``mean`` in the
+    input's dtype (accumulated in float32, rounded once) instead: autocast runs the pooling in
+    float32, which converts the whole tensor first and turns every gated activation after it
+    into float32. Otherwise the pooling itself, whose rounding the golden vectors pin.
+    """
+    if x.dtype in LOW_PRECISION and not needs_grad(x):
+        return x.mean(dim=(-3, -2, -1), keepdim=True)
+    return F.adaptive_avg_pool3d(x, 1)
+
+
+class GlobalAvgPool(nn.Module):
+    """``nn.AdaptiveAvgPool3d(1)`` computed by :func:`global_avg`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return global_avg(x)
+
+
 class GlobalMaxPool(nn.Module):
     """``nn.AdaptiveMaxPool3d(1)`` computed by :func:`global_max`."""
 
@@ -51,20 +73,64 @@ class GlobalMaxPool(nn.Module):
         return global_max(x)
 
 
+def plane_mean_max(x: torch.Tensor, over: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Float32 mean and max of ``x`` ``[B, L, C, H, W]`` over ``(C, H, W)`` (``over=2``) or
+    ``(L, H, W)`` (``over=1``), shaped ``[B, L or C, 1, 1, 1]``, from one pass of the bfloat16
+    pooling kernel (:mod:`models.kernels.pooling`); ``None`` where it does not apply (not
+    gradient-free contiguous bfloat16), and the caller pools in PyTorch."""
+    if not x.is_contiguous():
+        return None
+    stats = row_mean_max(x.flatten(3))  # [B, L, C] each, over H*W
+    if stats is None:
+        return None
+    mean, peak = stats
+    return mean.mean(over)[..., None, None, None], peak.amax(over)[..., None, None, None]
+
+
+class AxisGate(nn.Module):
+    """The time or channel gate of spikingjelly's ``MultiDimensionalAttention`` (its private
+    ``_AxisAttention``: mean and max over the other axes, a shared MLP, sigmoid of the sum) with
+    the same keys. Its pooling is :class:`GlobalAvgPool` / :class:`GlobalMaxPool` (the same
+    values), or in bfloat16 inference one pass of :func:`plane_mean_max`; its MLP is
+    :class:`Float32MLP`."""
+
+    def __init__(self, mlp: nn.Sequential, channel_axis: bool):
+        super().__init__()
+        self.channel_axis = channel_axis
+        self.avg_pool = GlobalAvgPool()
+        self.max_pool = GlobalMaxPool()
+        self.sharedMLP = Float32MLP(*mlp)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, L, C, H, W] -> [B, L, 1, 1, 1] or [B, 1, C, 1, 1]
+        stats = plane_mean_max(x, over=1 if self.channel_axis else 2)
+        if stats is not None:
+            score = torch.sigmoid(self.sharedMLP(stats[0]) + self.sharedMLP(stats[1])).to(x.dtype)
+        else:
+            pooled = x.transpose(1, 2) if self.channel_axis else x
+            score = torch.sigmoid(self.sharedMLP(self.avg_pool(pooled)) + self.sharedMLP(self.max_pool(pooled)))
+        return score.transpose(1, 2) if self.channel_axis else score
+
+
 class SpatialGate(nn.Module):
     """The spatial gate of spikingjelly's ``MultiDimensionalAttention`` (its private
     ``_SpatialAttention``: mean and max over ``(L, C)``, a 2->1 convolution, sigmoid), holding the
-    same convolution; the max without gradients is ``amax`` (see :func:`global_max`)."""
+    same convolution; the max without gradients is ``amax`` (see :func:`global_max`), and in
+    bfloat16 inference mean and max come from one pass of the pooling kernel."""
 
     def __init__(self, conv: nn.Conv2d):
         super().__init__()
         self.conv = conv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.flatten(1, 2)
-        peak = x.max(dim=1, keepdim=True).values if needs_grad(x) else x.amax(dim=1, keepdim=True)
-        score = self.conv(torch.cat((x.mean(dim=1, keepdim=True), peak), dim=1))
-        return torch.sigmoid(score).unsqueeze(1)
+        B, L, C, H, W = x.shape
+        stats = col_mean_max(x.view(B, L * C, H * W)) if x.is_contiguous() else None
+        if stats is not None:
+            pooled = torch.stack(stats, dim=1).view(B, 2, H, W).to(x.dtype)
+        else:
+            x = x.flatten(1, 2)
+            peak = x.max(dim=1, keepdim=True).values if needs_grad(x) else x.amax(dim=1, keepdim=True)
+            pooled = torch.cat((x.mean(dim=1, keepdim=True), peak), dim=1)
+        return torch.sigmoid(self.conv(pooled)).unsqueeze(1)
 
 
 class Float32MLP(nn.Sequential):
@@ -84,45 +150,44 @@ def mda(channels: int, T: int = 4) -> layer.MultiDimensionalAttention:
 
     The released model uses ``reduction_t=4`` with T=4; for T < 4 the time MLP keeps one
     hidden unit so that other T still build. spikingjelly's module with three parts swapped
-    for ones that compute the same values (same keys): the time and channel gates' max pooling
-    (:class:`GlobalMaxPool`) and MLPs (:class:`Float32MLP`), and the spatial gate
-    (:class:`SpatialGate`).
+    for ones that compute the same values (same keys): the time and channel gates
+    (:class:`AxisGate`) and the spatial gate (:class:`SpatialGate`).
     """
     attn = layer.MultiDimensionalAttention(
         T=T, C=channels, reduction_t=min(4, T), reduction_c=16, kernel_size=3
     )
-    for gate in (attn.ta, attn.ca):
-        gate.max_pool = GlobalMaxPool()
-        gate.sharedMLP = Float32MLP(*gate.sharedMLP)
+    attn.ta = AxisGate(attn.ta.sharedMLP, channel_axis=False)
+    attn.ca = AxisGate(attn.ca.sharedMLP, channel_axis=True)
     attn.sa = SpatialGate(attn.sa.conv)
     return attn
 
 
 def upsample_seq(x_seq: torch.Tensor, scale: int = 2) -> torch.Tensor:
-    """Bilinear upsampling of every time step, ``align_corners=False``."""
+    """Bilinear upsampling of every time step, ``align_corners=False``.
+
+    Gradient-free bfloat16 (mixed-precision inference) at ``scale`` 2 runs the native x2 kernel
+    of VLIF's spike resize (float32 arithmetic, one rounding; PyTorch's bfloat16 bilinear kernel
+    takes 1.7x the float32 time on a CPU).
+    """
     T, B = x_seq.shape[:2]
-    x = F.interpolate(x_seq.flatten(0, 1), scale_factor=scale, mode="bilinear", align_corners=False)
+    x = x_seq.flatten(0, 1)
+    if scale == 2 and runs_bf16_natively(x, "auto"):
+        x = upsample_spikes(x, (2 * x.shape[-2], 2 * x.shape[-1]))
+    else:
+        x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
     return x.view(T, B, *x.shape[1:])  # [T, B, C, H*scale, W*scale]
 
 
-class TimeAttention(nn.Module):
-    """Gating weights over the L steps of ``[B, L, C, h, w]`` -> ``[B, L, 1, 1, 1]`` (SPEC 2).
-
-    Average- and max-pool over ``(C, h, w)``, a shared two-layer MLP of 1x1x1 Conv3d, sigmoid
-    of the sum: the structure of spikingjelly's axis attention, written out because that class
-    is private.
-    """
+class TimeAttention(AxisGate):
+    """Gating weights over the L steps of ``[B, L, C, h, w]`` -> ``[B, L, 1, 1, 1]`` (SPEC 2): the
+    time gate of the multi-dimensional attention (:class:`AxisGate`: mean and max over
+    ``(C, h, w)``, a shared MLP of two 1x1x1 Conv3d, sigmoid of the sum) over the SMU's
+    ``L = T r^2`` steps, hidden width ``L / ratio``."""
 
     def __init__(self, steps: int, ratio: int = 4):
-        super().__init__()
         hidden = max(1, steps // ratio)
-        self.sharedMLP = Float32MLP(
+        super().__init__(nn.Sequential(
             nn.Conv3d(steps, hidden, 1, bias=False),
             nn.ReLU(),
             nn.Conv3d(hidden, steps, 1, bias=False),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        avg = F.adaptive_avg_pool3d(x, 1)  # [B, L, 1, 1, 1]
-        peak = global_max(x)  # [B, L, 1, 1, 1]
-        return torch.sigmoid(self.sharedMLP(avg) + self.sharedMLP(peak))
+        ), channel_axis=False)

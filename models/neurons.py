@@ -99,7 +99,8 @@ class LIF(_Switchable, neuron.LIFNode):
             return super().multi_step_forward(x_seq, *args, **kwargs)
         v0 = self.v
         if isinstance(v0, float) or v0.shape != x_seq.shape[1:]:
-            v0 = torch.full_like(x_seq[0], float(v0) if isinstance(v0, float) else self.v_reset)
+            v0 = torch.full_like(x_seq[0], float(v0) if isinstance(v0, float) else self.v_reset,
+                                 dtype=torch.float32 if x_seq.dtype in LOW_PRECISION else None)  # membranes: float32
         spikes, v = kernels.lif_multi_step(x_seq, v0, self.tau, float(self.v_threshold),
                                            float(self.surrogate_function.alpha), self.kernel_backend)
         self.v = v

@@ -11,9 +11,22 @@ import torch
 import torch.nn as nn
 
 from .base import SpikingRestorationNet
+from .kernels.backend import needs_grad
+from .kernels.common import LOW_PRECISION
 from .layers import TimeAttention, conv1x1, conv3x3, mda, tdbn, upsample_seq
 from .neurons import LIF_THRESHOLD, NILIF, build_neuron, lif, patch_to_time
 
+
+def decompose(u: torch.Tensor, h: torch.Tensor, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+    """SDEM's mixing ``high * h + low * (u - h) + u * h`` of an input ``u`` and its spikes ``h``.
+
+    In gradient-free mixed precision (bfloat16 / float16 ``u``) the two learnt scalars are cast
+    to ``u``'s dtype first, so that the mix stays in that dtype: float32 scalars would promote
+    it to a float32 tensor, which the next convolution converts back.
+    """
+    if u.dtype in LOW_PRECISION and not needs_grad(u):
+        high, low = high.to(u.dtype), low.to(u.dtype)
+    return high * h + low * (u - h) + u * h
 
 
 class SDEM(nn.Module):
@@ -41,11 +54,9 @@ class SDEM(nn.Module):
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         h1 = self.lif_1(x_seq)
-        f1 = self.high_freq_scale_1 * h1 + self.low_freq_scale_1 * (x_seq - h1) + x_seq * h1
-        o = self.bn1(self.conv1(f1))
+        o = self.bn1(self.conv1(decompose(x_seq, h1, self.high_freq_scale_1, self.low_freq_scale_1)))
         h2 = self.lif_2(o)
-        f2 = self.high_freq_scale_2 * h2 + self.low_freq_scale_2 * (o - h2) + o * h2
-        o = self.bn2(self.conv2(f2))
+        o = self.bn2(self.conv2(decompose(o, h2, self.high_freq_scale_2, self.low_freq_scale_2)))
         return self.attn(o + self.shortcut(x_seq)) + x_seq
 
 

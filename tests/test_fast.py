@@ -366,6 +366,8 @@ def test_auto_tile_batch(monkeypatch):
     assert auto_tile_batch(net, 80) == 1
     monkeypatch.setattr(fuse, "_available_cpu_bytes", lambda: None)
     assert auto_tile_batch(net, 80) == 3
+    fuse.cast_conv_weights(net, torch.bfloat16)  # prepared for bf16 autocast: more tiles per call
+    assert auto_tile_batch(net, 80) == 3 * fuse.LOW_PRECISION_CPU_TILES
     threads = torch.get_num_threads()
     try:
         for n, expected in ((1, 1), (2, 1), (8, 2), (16, 4)):
@@ -443,6 +445,120 @@ def test_low_precision_inputs_fire_in_float32(backend, dtype, caplog):
     assert y_lif.dtype == dtype and not [r for r in caplog.records if "not used" in r.getMessage()]
     node_ref = set_neuron_impl(lif(), "reference")
     assert torch.equal(y_lif.float(), node_ref((x * 0.1).float()))
+
+
+class _Conversions(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the dtype conversions (``aten.to`` / ``_to_copy``) run inside it, by element count."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[tuple[torch.dtype, torch.dtype, int]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func.__name__.startswith(("to.", "_to_copy")) and isinstance(out, torch.Tensor) and args[0].dtype != out.dtype:
+            self.seen.append((args[0].dtype, out.dtype, out.numel()))
+        return out
+
+
+@pytest.mark.skipif(native.load() is None, reason="no C compiler: the bf16 kernels are native only")
+def test_gradient_free_bf16_runs_the_bf16_kernels_exactly():
+    """Mixed-precision inference: gradient-free bfloat16 input goes to the bfloat16 instances of
+    the C kernels, with no conversion copies, and gives exactly what the float32 kernels give on
+    the widened input (spikes, membranes; the x2 resize rounded once, NaN and infinities
+    included)."""
+    bf16 = torch.bfloat16
+    x = (torch.randn(4, 2, 3, 8, 10) * 2).to(bf16)
+    y = torch.cat([torch.randn(2, 3, 5, 7) * 1e3, torch.randn(2, 3, 5, 7)]).to(bf16)
+    y[0, 0, 0, :4] = torch.tensor([float("nan"), float("inf"), -float("inf"), 3e38])
+    v0 = torch.zeros(x.shape[1:], dtype=bf16)
+    with torch.inference_mode(), _Conversions() as conv:
+        spikes = kernels.ni_lif(x)
+        vlif = kernels.vlif_spikes(x, 2)
+        resized = kernels.upsample_spikes(vlif, (8, 10))
+        values = kernels.upsample_spikes(y, (10, 14))
+        lif_spikes, v = kernels.lif_multi_step(x * 0.1, v0, 2.0, 0.15, 4.0)
+    big = [c for c in conv.seen if c[2] > v0.numel()]  # only the LIF's initial membrane (one step) widens
+    assert not big, f"bf16 activations converted: {big}"
+    for out in (spikes, vlif, resized, values, lif_spikes):
+        assert out.dtype == bf16
+    assert v.dtype == torch.float32
+    assert torch.equal(spikes.float(), kernels.ni_lif(x.float()))
+    assert torch.equal(vlif.float(), kernels.vlif_spikes(x.float(), 2))
+    assert torch.equal(resized.float(), kernels.upsample_spikes(vlif.float(), (8, 10)))
+    ref = torch.nn.functional.interpolate(y.float(), size=(10, 14), mode="bilinear", align_corners=False).to(bf16)
+    assert torch.equal(values.isnan(), ref.isnan())
+    assert torch.equal(values.nan_to_num(), ref.nan_to_num())
+    lif32, v32 = kernels.lif_multi_step((x * 0.1).float(), v0.float(), 2.0, 0.15, 4.0)
+    assert torch.equal(lif_spikes.float(), lif32) and torch.equal(v, v32)
+    with torch.enable_grad():  # with gradients: the float32 kernels on widened copies, as before
+        xg = x.clone().requires_grad_()
+        assert not kernel_backend.runs_bf16_natively(xg, "auto")
+        assert torch.equal(kernels.ni_lif(xg).float(), kernels.ni_lif(x.float()))
+
+
+@pytest.mark.skipif(native.load() is None, reason="no C compiler: the bf16 kernels are native only")
+def test_bf16_inference_keeps_activations_in_bf16(tiny_config):
+    """``prepare_for_inference(amp=torch.bfloat16)`` under autocast: convolution weights stored in
+    bf16 (the attention MLPs excepted), no activation converted between layers (only the output
+    added to the float32 image), and the result close to float32's."""
+    from models.layers import Float32MLP
+
+    torch.manual_seed(0)
+    net = build_model("vlifnet", **tiny_config).eval()
+    for m in net.modules():  # trained-looking batch-norm statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_var.uniform_(0.5, 2.0)
+    fp32 = prepare_for_inference(net)
+    bf = prepare_for_inference(net, amp=torch.bfloat16)
+    mlp_params = {id(p) for m in bf.modules() if isinstance(m, Float32MLP) for p in m.parameters()}
+    for m in bf.modules():
+        if isinstance(m, torch.nn.modules.conv._ConvNd):
+            for p in m.parameters(recurse=False):
+                assert p.dtype == (torch.float32 if id(p) in mlp_params else torch.bfloat16)
+    x = torch.rand(1, 3, 32, 32)
+    with torch.inference_mode():
+        ref = fp32(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16), _Conversions() as conv:
+            out = bf(x)
+    big = [(a, b, n) for a, b, n in conv.seen if n >= 4 * 32 * 32]  # an activation: T planes or more;
+    # pooled statistics are smaller (the spatial gate's: 2 planes)
+    assert big == [(torch.float32, torch.bfloat16, 4 * 3 * 32 * 32)], big  # the image, repeated T times
+    assert out.dtype == torch.float32
+    assert 10 * torch.log10(1 / (out - ref).pow(2).mean()) > 30
+
+
+@pytest.mark.skipif(native.load() is None, reason="no C compiler: the bf16 kernels are native only")
+def test_bf16_attention_pools_in_one_pass():
+    """bfloat16 inference: the pooling kernel's mean and max equal PyTorch's (max exactly, NaN
+    kept; mean to float32 rounding), and the attention gates built on it match their float32
+    results to bfloat16 rounding."""
+    from models.kernels.pooling import col_mean_max, row_mean_max
+    from models.layers import TimeAttention, mda
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 333).to(torch.bfloat16)  # a row length with a tail
+    x[1, 2, 7] = float("nan")
+    with torch.inference_mode():
+        mean, peak = row_mean_max(x)
+        cmean, cpeak = col_mean_max(x)
+    wide = x.float()
+    assert torch.equal(peak.isnan(), wide.amax(-1).isnan()) and torch.equal(peak.nan_to_num(), wide.amax(-1).nan_to_num())
+    torch.testing.assert_close(mean, wide.mean(-1), equal_nan=True, rtol=1e-5, atol=1e-6)
+    assert torch.equal(cpeak.nan_to_num(), wide.amax(1).nan_to_num())
+    torch.testing.assert_close(cmean, wide.mean(1), equal_nan=True, rtol=1e-5, atol=1e-6)
+
+    attn, time_attn = mda(32, 4).eval(), TimeAttention(16).eval()
+    x_seq = torch.randn(4, 1, 32, 12, 10)
+    s = torch.randn(1, 16, 32, 6, 5)
+    with torch.inference_mode():
+        ref, ref_t = attn(x_seq), time_attn(s)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low, low_t = attn(x_seq.to(torch.bfloat16)), time_attn(s.to(torch.bfloat16))
+    assert low.dtype == low_t.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), ref, rtol=0.03, atol=0.03)
+    torch.testing.assert_close(low_t.float(), ref_t, rtol=0.01, atol=0.01)
 
 
 def test_conv_floor_replays_exactly_the_recorded_convolutions(tiny_config):

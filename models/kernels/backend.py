@@ -39,11 +39,25 @@ def check_backend(name: str) -> str:
     return name
 
 
-def native_lib(backend: str, *tensors: torch.Tensor):
-    """The C kernels if ``backend`` allows them and they apply to these tensors (CPU float32)."""
-    if backend == "torch" or any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+def native_lib(backend: str, *tensors: torch.Tensor, bf16: bool = False):
+    """The C kernels if ``backend`` allows them and they apply to these tensors: CPU float32, or
+    also bfloat16 with ``bf16=True`` (for the forward kernels, which have bfloat16 instances)."""
+    dtypes = (torch.float32, torch.bfloat16) if bf16 else (torch.float32,)
+    if backend == "torch" or any(t.device.type != "cpu" or t.dtype not in dtypes for t in tensors):
         return None
     return native.load()
+
+
+def native_kernel(lib, name: str, dtype: torch.dtype):
+    """The C kernel ``name`` for elements of ``dtype`` (its ``_bf16`` instance for bfloat16)."""
+    return getattr(lib, name + "_bf16" if dtype == torch.bfloat16 else name)
+
+
+def runs_bf16_natively(x: torch.Tensor, backend: str) -> bool:
+    """Whether ``x``, a gradient-free bfloat16 tensor, goes to the bfloat16 instances of the
+    forward C kernels as it is. Otherwise low-precision input is converted to float32 and the
+    spikes back (two copies per neuron call); the arithmetic is float32 in both cases."""
+    return x.dtype == torch.bfloat16 and not needs_grad(x) and native_lib(backend, x, bf16=True) is not None
 
 
 def _reset_pool() -> None:

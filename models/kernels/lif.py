@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from .backend import data_ptr, for_native, for_torch_chunks, native_lib, needs_grad
+from .backend import data_ptr, for_native, for_torch_chunks, native_kernel, native_lib, needs_grad, runs_bf16_natively
 from .common import LOW_PRECISION
 
 
@@ -20,7 +20,8 @@ def lif_forward(
     x: torch.Tensor, v0: torch.Tensor, tau: float, v_th: float, keep_h: bool, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Spikes ``[L, N]``, charged membranes ``h`` (``[L, N]``; empty unless ``keep_h``) and final
-    membrane ``[N]`` from contiguous ``x`` ``[L, N]`` and ``v0`` ``[N]``.
+    membrane ``[N]`` from contiguous ``x`` ``[L, N]`` and ``v0`` ``[N]``. ``x`` is float32, or
+    bfloat16 for the native backend (spikes in ``x``'s dtype, membranes float32).
 
     torch backend: the hard reset ``v = s * 0 + (1 - s) * h`` is taken as ``h * [h < v_th]``
     (equal values, also for NaN and infinite ``h``; a zero may change sign, which no later
@@ -31,9 +32,10 @@ def lif_forward(
     spikes = torch.empty_like(x)
     charged = torch.empty_like(x) if keep_h else x.new_empty(0)
     v_out = torch.empty_like(v0)
-    lib = native_lib(backend, x, v0)
+    lib = native_lib(backend, x, bf16=True) if v0.dtype == torch.float32 else None
     if lib is not None:
-        for_native(N, lambda lo, hi: lib.lif_forward(
+        kernel = native_kernel(lib, "lif_forward", x.dtype)
+        for_native(N, lambda lo, hi: kernel(
             data_ptr(x), data_ptr(v0), data_ptr(spikes), data_ptr(charged) if keep_h else None, data_ptr(v_out),
             L, N, lo, hi, tau, v_th))
         return spikes, charged, v_out
@@ -126,8 +128,13 @@ def lif_multi_step(
 
     ``v0`` is a constant (no gradient flows into it): :class:`models.neurons.LIF` only calls
     this on a freshly reset or gradient-free state. bfloat16 / float16 input (mixed precision):
-    membranes in float32, spikes returned in the input's dtype, the final membrane in float32.
+    membranes in float32, spikes returned in the input's dtype, the final membrane in float32;
+    gradient-free bfloat16 goes to the native kernel's bfloat16 instance without conversions.
     """
+    if runs_bf16_natively(x_seq, backend):
+        x = x_seq.contiguous()
+        spikes, _, v = lif_forward(x.view(x.shape[0], -1), v0.float().reshape(-1), tau, v_th, False, backend)
+        return spikes.view(x.shape), v.view(x.shape[1:])
     if x_seq.dtype in LOW_PRECISION:
         spikes, v = lif_multi_step(x_seq.float(), v0.float(), tau, v_th, alpha, backend)
         return spikes.to(x_seq.dtype), v

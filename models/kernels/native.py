@@ -1,4 +1,4 @@
-"""Build and load the C kernels of :mod:`models.kernels` (``models/kernels/csrc/*.c``) with ctypes.
+"""Build and load the C kernels of :mod:`models.kernels` (``models/kernels/csrc``) with ctypes.
 
 The two small C files are compiled once per machine with the system C compiler (``$CC`` or
 ``cc``; about a second) into a shared library cached under ``$SPIKING_DERAIN_CACHE`` (default
@@ -36,7 +36,12 @@ _SIGNATURES = {
     "vlif_backward": [_P, _P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _I64],
     "upsample2x_bilinear": [_P, _P, _I64, _I64, _I64, _I64],
     "upsample2x_bilinear_backward": [_P, _P, _I64, _I64, _I64, _I64],
+    "row_mean_max_bf16": [_P, _P, _P, _I64, _I64, _I64],
+    "col_mean_max_bf16": [_P, _P, _P, _I64, _I64, _I64, _I64],
 }
+# the forward kernels' bfloat16 instances (csrc/forward.h): same arguments
+_SIGNATURES.update({name + "_bf16": _SIGNATURES[name]
+                    for name in ("nilif_forward", "lif_forward", "vlif_forward", "upsample2x_bilinear")})
 
 _lib: ctypes.CDLL | None = None
 _tried = False

@@ -16,22 +16,24 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from . import native
-from .backend import data_ptr, for_native, for_torch_chunks, native_lib, needs_grad
+from .backend import data_ptr, for_native, for_torch_chunks, native_kernel, native_lib, needs_grad, runs_bf16_natively
 from .common import LOW_PRECISION, NILIF_DECAY, NILIF_LEVELS, patch_to_time, time_to_patch
 
 
 @torch.library.custom_op("spiking_derain::nilif_forward", mutates_args=())
 def nilif_forward(x: torch.Tensor, with_mask: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Spikes ``[L, N]`` of NI-LIF over contiguous ``x`` ``[L, N]`` and the backward mask
-    ``0 <= m_t <= 4`` (bool ``[L, N]``; empty unless ``with_mask``)."""
+    ``0 <= m_t <= 4`` (bool ``[L, N]``; empty unless ``with_mask``). ``x`` is float32, or
+    bfloat16 for the native backend (membranes float32, spikes in ``x``'s dtype)."""
     x = x.detach()
     L, N = x.shape
     spikes = torch.empty_like(x)
     mask = torch.empty(L, N if with_mask else 0, dtype=torch.bool, device=x.device)
-    lib = native_lib(backend, x)
+    lib = native_lib(backend, x, bf16=True)
     if lib is not None:
         mask_ptr = data_ptr(mask) if with_mask else None
-        for_native(N, lambda lo, hi: lib.nilif_forward(data_ptr(x), data_ptr(spikes), mask_ptr, L, N, lo, hi))
+        kernel = native_kernel(lib, "nilif_forward", x.dtype)
+        for_native(N, lambda lo, hi: kernel(data_ptr(x), data_ptr(spikes), mask_ptr, L, N, lo, hi))
         return spikes, mask
 
     def body(c: slice) -> None:
@@ -107,8 +109,9 @@ def ni_lif(x_seq: torch.Tensor, backend: str = "auto") -> torch.Tensor:
     """Fast NI-LIF: same contract and bits as :func:`models.neurons.ni_lif_reference`.
 
     bfloat16 / float16 input (mixed precision): the membranes and spikes are computed in
-    float32 and the spikes returned in the input's dtype (exact: they are multiples of 1/4)."""
-    if x_seq.dtype in LOW_PRECISION:
+    float32 and the spikes returned in the input's dtype (exact: they are multiples of 1/4);
+    gradient-free bfloat16 goes to the native kernel's bfloat16 instance without conversions."""
+    if x_seq.dtype in LOW_PRECISION and not runs_bf16_natively(x_seq, backend):
         return ni_lif(x_seq.float(), backend).to(x_seq.dtype)
     if needs_grad(x_seq):
         return NILIFFunction.apply(x_seq, backend)
@@ -119,10 +122,10 @@ def ni_lif(x_seq: torch.Tensor, backend: str = "auto") -> torch.Tensor:
 @torch.library.custom_op("spiking_derain::vlif_forward", mutates_args=())
 def vlif_forward(x_seq: torch.Tensor, r: int, with_mask: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Spikes ``[T*B, C*r*r, h, w]`` of VLIF's NI-LIF walk and its mask (same layout; empty
-    unless ``with_mask``)."""
+    unless ``with_mask``). ``x_seq`` is float32, or bfloat16 for the native backend."""
     T, B, C, H, W = x_seq.shape
     h, w = H // r, W // r
-    lib = native_lib(backend, x_seq)
+    lib = native_lib(backend, x_seq, bf16=True)
     if lib is None:  # reorder, run the plain kernel, reorder back
         y = patch_to_time(x_seq, r)  # [T*r*r, B, C, h, w]
         spikes, mask = nilif_forward(y.view(y.shape[0], -1), with_mask, backend)
@@ -134,7 +137,8 @@ def vlif_forward(x_seq: torch.Tensor, r: int, with_mask: bool, backend: str) -> 
     spikes = x.new_empty(T * B, C * r * r, h, w)
     mask = torch.empty(spikes.shape if with_mask else (0,), dtype=torch.bool)
     mask_ptr = data_ptr(mask) if with_mask else None
-    for_native(B * C * h, lambda lo, hi: lib.vlif_forward(
+    kernel = native_kernel(lib, "vlif_forward", x.dtype)
+    for_native(B * C * h, lambda lo, hi: kernel(
         data_ptr(x), data_ptr(spikes), mask_ptr, T, B * C, H, W, r, lo, hi), unit=w * T * r * r, align=1)
     return spikes, mask
 
@@ -194,7 +198,7 @@ def vlif_spikes(x_seq: torch.Tensor, r: int, backend: str = "auto") -> torch.Ten
     """Fast ``time_to_patch(ni_lif(patch_to_time(x_seq, r)), T, r)``: ``[T*B, C*r*r, H/r, W/r]``."""
     if x_seq.shape[-2] % r or x_seq.shape[-1] % r:
         raise ValueError(f"patch-to-time needs H and W divisible by r={r}, got {tuple(x_seq.shape[-2:])}")
-    if x_seq.dtype in LOW_PRECISION:  # membranes in float32, as ni_lif
+    if x_seq.dtype in LOW_PRECISION and not runs_bf16_natively(x_seq, backend):  # membranes in float32, as ni_lif
         return vlif_spikes(x_seq.float(), r, backend).to(x_seq.dtype)
     if needs_grad(x_seq):
         return VLIFSpikeFunction.apply(x_seq, r, backend)
@@ -208,7 +212,7 @@ def _native_resize(t: torch.Tensor, up: bool) -> torch.Tensor:
     N, C, H, W = t.shape
     h, w = (H, W) if up else (H // 2, W // 2)
     out = t.new_empty(N, C, 2 * h, 2 * w) if up else t.new_empty(N, C, h, w)
-    kernel = lib.upsample2x_bilinear if up else lib.upsample2x_bilinear_backward
+    kernel = native_kernel(lib, "upsample2x_bilinear", t.dtype) if up else lib.upsample2x_bilinear_backward
     for_native(N * C, lambda lo, hi: kernel(data_ptr(t), data_ptr(out), h, w, lo, hi), unit=4 * h * w, align=1)
     return out
 
@@ -217,7 +221,8 @@ def _native_resize(t: torch.Tensor, up: bool) -> torch.Tensor:
 def upsample2x(y: torch.Tensor) -> torch.Tensor:
     """Bilinear x2 resize (``align_corners=False``) ``[N, C, h, w]`` -> ``[N, C, 2h, 2w]``, native
     kernel. Exact for inputs that are multiples of 1/4 in [0, 1] (every product and sum is
-    exact in float32), which NI-LIF spikes are."""
+    exact in float32), which NI-LIF spikes are. bfloat16 input: float32 arithmetic, each output
+    rounded once to bfloat16 (exact for spikes)."""
     return _native_resize(y, up=True)
 
 
@@ -257,8 +262,8 @@ def upsample_spikes(y: torch.Tensor, size: tuple[int, int], backend: str = "auto
     kernel where it applies, ``F.interpolate`` otherwise. On spikes (multiples of 1/4) the two
     agree bit for bit; on other values (VLIF's ``adjust_first``) to float rounding."""
     h, w = y.shape[-2:]
-    if y.dtype in LOW_PRECISION:  # x2 weights on k/4 spikes give multiples of 1/16: exact in 16 bits
-        return upsample_spikes(y.float(), size, backend).to(y.dtype)
-    if tuple(size) == (2 * h, 2 * w) and h > 0 and w > 0 and native_lib(backend, y) is not None:
+    if y.dtype in LOW_PRECISION and not runs_bf16_natively(y, backend):
+        return upsample_spikes(y.float(), size, backend).to(y.dtype)  # on spikes: multiples of 1/16, exact
+    if tuple(size) == (2 * h, 2 * w) and h > 0 and w > 0 and native_lib(backend, y, bf16=True) is not None:
         return Upsample2xFunction.apply(y)
     return F.interpolate(y, size=size, mode="bilinear", align_corners=False)

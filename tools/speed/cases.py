@@ -149,7 +149,9 @@ def inference_cases(device: torch.device, reps: int, quick: bool) -> list[Pair]:
     torch.manual_seed(0)
     net = build_model("vlifnet").to(device).eval()
     fast_net = prepare_for_inference(net)
+    bf16_net = prepare_for_inference(net, amp=torch.bfloat16)  # as test.py --amp bf16 prepares it
     tile_batch = auto_tile_batch(fast_net, CROP, device)
+    bf16_batch = auto_tile_batch(bf16_net, CROP, device)
     g = torch.Generator().manual_seed(2)
     img = torch.rand(1, 3, *IMAGE_HW, generator=g).to(device)
     tile = img[..., :CROP, :CROP]
@@ -179,8 +181,8 @@ def inference_cases(device: torch.device, reps: int, quick: bool) -> list[Pair]:
     cases.append(Pair(
         f"tiled_inference_{w}x{h}_bf16", "the same image: fast fp32 (reference column) against fast under bf16 "
         "autocast (test.py --amp bf16)", run("fast", fast_net, tile_batch, img),
-        run("fast", fast_net, tile_batch, img, amp=True), reps, warmup_reference=warm("fast", fast_net, tile_batch),
-        warmup_fast=warm("fast", fast_net, tile_batch, amp=True), compare=_image_diff))
+        run("fast", bf16_net, bf16_batch, img, amp=True), reps, warmup_reference=warm("fast", fast_net, tile_batch),
+        warmup_fast=warm("fast", bf16_net, bf16_batch, amp=True), compare=_image_diff))
     calls = record_convs(fast_net, warm("fast", fast_net, tile_batch))
     network_calls = -(-len(tile_starts(h, CROP, CROP - OVERLAP)) * len(tile_starts(w, CROP, CROP - OVERLAP))
                       // tile_batch)

@@ -1,43 +1,134 @@
-/* Exact CPU kernels of the spiking neurons (see models/fast.py for the equations).
+/* Exact CPU kernels of the spiking neurons (see models/kernels/*.py for the equations).
  *
  * Compiled with -ffp-contract=off and without -ffast-math: every operation rounds exactly as
  * the reference PyTorch operations do, so spikes, membranes and NI-LIF gradients are
  * bit-identical. Tensors are row-major [L, N] float32 (step-major); a call handles the
  * columns [lo, hi) so that callers can split N over threads. Columns are processed in blocks
- * of BLOCK, whose state stays in registers / L1 for all steps.
+ * of BLOCK, whose state stays in registers / L1 for all steps. The forward kernels (forward.h)
+ * also have bfloat16 instances (suffix _bf16) for mixed-precision inference: bfloat16 tensors in
+ * and out, float32 arithmetic in between.
  */
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "bilinear.h"
 
 #define BLOCK 64
 
-/* NI-LIF forward: s_t = round(clamp(m_t, 0, 4)) / 4, m_t = (m_{t-1} - s_{t-1}) * 0.25 + x_t.
- * mask (may be NULL) receives 0 <= m_t <= 4 for the backward. */
-void nilif_forward(const float *x, float *s, uint8_t *mask, int64_t L, int64_t N, int64_t lo, int64_t hi)
+/* NI-LIF's quantiser: membrane mm -> spike round(clamp(mm, 0, 4)) / 4. torch.clamp gives +0 for -0
+ * and keeps NaN; nearbyintf rounds half to even, as torch.round. */
+static inline float nilif_spike(float mm)
 {
-    float m[BLOCK], sp[BLOCK];
-    for (int64_t n0 = lo; n0 < hi; n0 += BLOCK) {
-        const int64_t nb = hi - n0 < BLOCK ? hi - n0 : BLOCK;
-        for (int64_t t = 0; t < L; ++t) {
-            const float *xt = x + t * N + n0;
-            float *st = s + t * N + n0;
-            for (int64_t j = 0; j < nb; ++j) {
-                float mm = t ? (m[j] - sp[j]) * 0.25f + xt[j] : xt[j];
-                float c = mm <= 0.0f ? 0.0f : mm; /* torch.clamp: +0 for -0, NaN stays NaN */
-                c = c > 4.0f ? 4.0f : c;
-                const float q = nearbyintf(c) / 4.0f; /* round half to even, as torch.round */
-                m[j] = mm;
-                sp[j] = q;
-                st[j] = q;
-            }
-            if (mask) {
-                uint8_t *mt = mask + t * N + n0;
-                for (int64_t j = 0; j < nb; ++j)
-                    mt[j] = (m[j] >= 0.0f) & (m[j] <= 4.0f);
-            }
+    float c = mm <= 0.0f ? 0.0f : mm;
+    c = c > 4.0f ? 4.0f : c;
+    return nearbyintf(c) / 4.0f;
+}
+
+/* bfloat16 storage: the upper 16 bits of a float32. Widening is exact; narrowing rounds to
+ * nearest even with NaN -> 0x7FC0, as c10::BFloat16 does. */
+typedef uint16_t bf16;
+
+static inline float bf16_to_float(bf16 v)
+{
+    const uint32_t u = (uint32_t)v << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static inline bf16 float_to_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if (f != f)
+        return 0x7FC0;
+    return (bf16)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+#define KT float
+#define KLOAD(v) (v)
+#define KSTORE(v) (v)
+#define KNAME(f) f
+#include "forward.h"
+#undef KT
+#undef KLOAD
+#undef KSTORE
+#undef KNAME
+
+#define KT bf16
+#define KLOAD(v) bf16_to_float(v)
+#define KSTORE(v) float_to_bf16(v)
+#define KNAME(f) f##_bf16
+#include "forward.h"
+#undef KT
+#undef KLOAD
+#undef KSTORE
+#undef KNAME
+
+/* The attention gates' pooling in bfloat16 inference: mean and max in one pass, float32 sums.
+ * max propagates NaN as torch.amax does. */
+static inline float max_nan(float m, float v)
+{
+    return (v > m || v != v) ? v : m;
+}
+
+/* Mean and max of each row [lo, hi) of x [R, N]: LANES running sums and maxima per row, each
+ * block of LANES elements widened first (so that the compiler vectorises the three loops). */
+void row_mean_max_bf16(const bf16 *x, float *mean, float *max, int64_t N, int64_t lo, int64_t hi)
+{
+    enum { LANES = 32 };
+    for (int64_t r = lo; r < hi; ++r) {
+        const bf16 *p = x + r * N;
+        float s[LANES], m[LANES], v[LANES];
+        for (int j = 0; j < LANES; ++j) {
+            s[j] = 0.0f;
+            m[j] = -INFINITY;
         }
+        int64_t k = 0;
+        for (; k + LANES <= N; k += LANES) {
+            for (int j = 0; j < LANES; ++j)
+                v[j] = bf16_to_float(p[k + j]);
+            for (int j = 0; j < LANES; ++j)
+                s[j] += v[j];
+            for (int j = 0; j < LANES; ++j)
+                m[j] = max_nan(m[j], v[j]);
+        }
+        for (int j = 0; k + j < N; ++j) {
+            s[j] += bf16_to_float(p[k + j]);
+            m[j] = max_nan(m[j], bf16_to_float(p[k + j]));
+        }
+        float total = 0.0f, peak = -INFINITY;
+        for (int j = 0; j < LANES; ++j) {
+            total += s[j];
+            peak = max_nan(peak, m[j]);
+        }
+        mean[r] = total / (float)N;
+        max[r] = peak;
+    }
+}
+
+/* Mean and max over the R rows of x [B, R, N] for the columns [lo, hi) of the flattened [B, N]. */
+void col_mean_max_bf16(const bf16 *x, float *mean, float *max, int64_t R, int64_t N, int64_t lo, int64_t hi)
+{
+    for (int64_t c0 = lo; c0 < hi;) {
+        const int64_t b = c0 / N, n0 = c0 % N;
+        const int64_t n1 = (b + 1) * N < hi ? N : hi - b * N;
+        const bf16 *p = x + b * R * N;
+        float *s = mean + b * N, *m = max + b * N;
+        for (int64_t n = n0; n < n1; ++n) {
+            s[n] = 0.0f;
+            m[n] = -INFINITY;
+        }
+        for (int64_t r = 0; r < R; ++r)
+            for (int64_t n = n0; n < n1; ++n) {
+                const float v = bf16_to_float(p[r * N + n]);
+                s[n] += v;
+                m[n] = max_nan(m[n], v);
+            }
+        for (int64_t n = n0; n < n1; ++n)
+            s[n] /= (float)R;
+        c0 = b * N + n1;
     }
 }
 
@@ -55,79 +146,6 @@ void nilif_backward(const float *gs, const uint8_t *mask, float *gx, int64_t L, 
                 const float local = gt[j] * (float)mt[j] / 4.0f;
                 g[j] = t == L - 1 ? local : local + g[j] * 0.25f;
                 ot[j] = g[j];
-            }
-        }
-    }
-}
-
-/* LIF forward as spikingjelly 2.0.0 computes it (decay_input=False, hard reset to 0):
- * h = v - (v - 0) / tau + x; s = h >= v_th; v = s * 0 + (1 - s) * h.
- * h_out (may be NULL) keeps the charged membranes for the backward. */
-void lif_forward(const float *x, const float *v0, float *s, float *h_out, float *v_out, int64_t L, int64_t N,
-                 int64_t lo, int64_t hi, float tau, float v_th)
-{
-    float v[BLOCK];
-    for (int64_t n0 = lo; n0 < hi; n0 += BLOCK) {
-        const int64_t nb = hi - n0 < BLOCK ? hi - n0 : BLOCK;
-        for (int64_t j = 0; j < nb; ++j)
-            v[j] = v0[n0 + j];
-        for (int64_t t = 0; t < L; ++t) {
-            const float *xt = x + t * N + n0;
-            float *st = s + t * N + n0;
-            float *ht = h_out ? h_out + t * N + n0 : 0;
-            for (int64_t j = 0; j < nb; ++j) {
-                const float h = v[j] - (v[j] - 0.0f) / tau + xt[j];
-                const float spike = h >= v_th ? 1.0f : 0.0f;
-                v[j] = spike * 0.0f + (1.0f - spike) * h;
-                st[j] = spike;
-                if (ht)
-                    ht[j] = h;
-            }
-        }
-        for (int64_t j = 0; j < nb; ++j)
-            v_out[n0 + j] = v[j];
-    }
-}
-
-/* NI-LIF step shared by the VLIF kernels: membrane mm -> spike, as in nilif_forward. */
-static inline float nilif_spike(float mm)
-{
-    float c = mm <= 0.0f ? 0.0f : mm;
-    c = c > 4.0f ? 4.0f : c;
-    return nearbyintf(c) / 4.0f;
-}
-
-/* VLIF's spiking part with the patch-to-time reordering folded in (SPEC 1.3 steps 1-4).
- * x: [T, P, H, W] (P = B*C planes); s and mask: [T, P, r*r, h, w] with h = H/r, w = W/r, which
- * is the pixel-unshuffle layout [T*B, C*r*r, h, w] VLIF resizes. The NI-LIF sequence of the
- * half-resolution position (plane, y, x) walks l = t*r*r + i*r + j over the input pixels
- * x[t, plane, y*r + i, x*r + j]. Handles the half-resolution rows [lo, hi) of P*h. */
-void vlif_forward(const float *x, float *s, uint8_t *mask, int64_t T, int64_t P, int64_t H, int64_t W, int64_t r,
-                  int64_t lo, int64_t hi)
-{
-    const int64_t h = H / r, w = W / r, rr = r * r;
-    float m[BLOCK], sp[BLOCK];
-    for (int64_t row = lo; row < hi; ++row) {
-        const int64_t plane = row / h, y = row % h;
-        for (int64_t x0 = 0; x0 < w; x0 += BLOCK) {
-            const int64_t nb = w - x0 < BLOCK ? w - x0 : BLOCK;
-            for (int64_t t = 0; t < T; ++t) {
-                for (int64_t p = 0; p < rr; ++p) {
-                    const int64_t i = p / r, j = p % r;
-                    const float *xin = x + ((t * P + plane) * H + y * r + i) * W + x0 * r + j;
-                    const int64_t o = (((t * P + plane) * rr + p) * h + y) * w + x0;
-                    const int first = t == 0 && p == 0;
-                    for (int64_t k = 0; k < nb; ++k) {
-                        const float mm = first ? xin[k * r] : (m[k] - sp[k]) * 0.25f + xin[k * r];
-                        const float q = nilif_spike(mm);
-                        m[k] = mm;
-                        sp[k] = q;
-                        s[o + k] = q;
-                    }
-                    if (mask)
-                        for (int64_t k = 0; k < nb; ++k)
-                            mask[o + k] = (m[k] >= 0.0f) & (m[k] <= 4.0f);
-                }
             }
         }
     }
@@ -152,45 +170,6 @@ void vlif_backward(const float *gs, const uint8_t *mask, float *gx, int64_t T, i
                     g[k] = l == L - 1 ? local : local + g[k] * 0.25f;
                     gout[k * r] = g[k];
                 }
-            }
-        }
-    }
-}
-
-
-/* Bilinear x2 resize (align_corners=False) of planes [lo, hi) of in [P, h, w] -> out [P, 2h, 2w].
- * Evaluated rows first; for VLIF's spikes (multiples of 1/4 in [0, 1]) every product and sum
- * is exact in float32 (weights 0, 1/4, 3/4, 1), so the result equals F.interpolate bit for
- * bit whatever its evaluation order. All four taps are always summed, as PyTorch does, so
- * NaN propagates identically. */
-void upsample2x_bilinear(const float *in, float *out, int64_t h, int64_t w, int64_t lo, int64_t hi)
-{
-    const int64_t H = 2 * h, W = 2 * w;
-    float row[w > 0 ? w : 1];
-    for (int64_t plane = lo; plane < hi; ++plane) {
-        const float *src = in + plane * h * w;
-        for (int64_t Y = 0; Y < H; ++Y) {
-            int64_t y0, y1;
-            float a0, a1;
-            bilinear_index(Y, h, 0.5f, &y0, &y1, &a0, &a1);
-            const float *ra = src + y0 * w, *rb = src + y1 * w;
-            for (int64_t k = 0; k < w; ++k)
-                row[k] = a0 * ra[k] + a1 * rb[k];
-            float *o = out + (plane * H + Y) * W;
-            /* columns: 2k -> taps (k-1, k) weights (1/4, 3/4); 2k+1 -> (k, k+1) weights (3/4, 1/4) */
-            for (int64_t k = 1; k < w - 1; ++k) {
-                o[2 * k] = 0.25f * row[k - 1] + 0.75f * row[k];
-                o[2 * k + 1] = 0.75f * row[k] + 0.25f * row[k + 1];
-            }
-            const int64_t edges[4] = {0, 1, W - 2, W - 1};
-            for (int e = 0; e < 4; ++e) {
-                const int64_t X = edges[e];
-                if (X < 0 || X >= W || (X >= 2 && X < W - 2))
-                    continue;
-                int64_t x0, x1;
-                float b0, b1;
-                bilinear_index(X, w, 0.5f, &x0, &x1, &b0, &b1);
-                o[X] = b0 * row[x0] + b1 * row[x1];
             }
         }
     }
