@@ -73,18 +73,40 @@ class GlobalMaxPool(nn.Module):
         return global_max(x)
 
 
+def _planes(x: torch.Tensor) -> tuple[torch.Tensor, bool] | None:
+    """``x`` ``[B, L, C, H, W]`` as a contiguous ``[B, L, C, H*W]`` view (and ``True``) or, for the
+    attention's transposed views of ``[L, B, C, H, W]`` tensors, ``[L, B, C, H*W]`` (``False``)."""
+    if x.is_contiguous():
+        return x.flatten(3), True
+    if x.transpose(0, 1).is_contiguous():
+        return x.transpose(0, 1).flatten(3), False
+    return None
+
+
 def plane_mean_max(x: torch.Tensor, over: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Float32 mean and max of ``x`` ``[B, L, C, H, W]`` over ``(C, H, W)`` (``over=2``) or
     ``(L, H, W)`` (``over=1``), shaped ``[B, L or C, 1, 1, 1]``, from one pass of the bfloat16
     pooling kernel (:mod:`models.kernels.pooling`); ``None`` where it does not apply (not
-    gradient-free contiguous bfloat16), and the caller pools in PyTorch."""
-    if not x.is_contiguous():
-        return None
-    stats = row_mean_max(x.flatten(3))  # [B, L, C] each, over H*W
+    gradient-free bfloat16 in one of :func:`_planes`' layouts), and the caller pools in PyTorch."""
+    planes = _planes(x)
+    stats = None if planes is None else row_mean_max(planes[0])  # over H*W: [B, L, C] or [L, B, C]
     if stats is None:
         return None
-    mean, peak = stats
+    mean, peak = (t if planes[1] else t.transpose(0, 1) for t in stats)
     return mean.mean(over)[..., None, None, None], peak.amax(over)[..., None, None, None]
+
+
+def spatial_mean_max(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Float32 mean and max of ``x`` ``[B, L, C, H, W]`` over ``(L, C)``, shaped ``[B, H*W]``, from
+    one pass of the bfloat16 pooling kernel; ``None`` where it does not apply (as :func:`plane_mean_max`)."""
+    planes = _planes(x)
+    stats = None if planes is None else col_mean_max(planes[0].flatten(0, 1))  # over C: [B*L or L*B, H*W]
+    if stats is None:
+        return None
+    B, L = x.shape[:2]
+    axis = 1 if planes[1] else 0
+    mean, peak = (t.view(B, L, -1) if planes[1] else t.view(L, B, -1) for t in stats)
+    return mean.mean(axis), peak.amax(axis)
 
 
 class AxisGate(nn.Module):
@@ -123,7 +145,7 @@ class SpatialGate(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, L, C, H, W = x.shape
-        stats = col_mean_max(x.view(B, L * C, H * W)) if x.is_contiguous() else None
+        stats = spatial_mean_max(x)
         if stats is not None:
             pooled = torch.stack(stats, dim=1).view(B, 2, H, W).to(x.dtype)
         else:
@@ -145,17 +167,32 @@ class Float32MLP(nn.Sequential):
             return super().forward(x.float() if x.dtype in LOW_PRECISION else x).to(x.dtype)
 
 
+class MultiDimensionalAttention(layer.MultiDimensionalAttention):
+    """spikingjelly's module; without gradients its gated products are written ``out * gate(out)``
+    instead of ``gate(out) * out`` (the same values: a product of two floats does not depend on
+    their order). The result then keeps the layout of ``out``, so the module's output is a
+    contiguous ``[T, B, C, H, W]`` tensor also for ``B > 1``, which the neurons after it read
+    without a copy. With gradients spikingjelly's order stays: autograd sums the two gradient
+    terms of ``out`` in the order of the operands, and the exactness tests pin that order."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x.transpose(0, 1)
+        for attention in (self.ta, self.ca, self.sa):
+            if attention is not None:
+                out = attention(out) * out if needs_grad(out) else out * attention(out)
+        return self.relu(out).transpose(0, 1)
+
+
 def mda(channels: int, T: int = 4) -> layer.MultiDimensionalAttention:
     """Multi-dimensional attention (time, channel, spatial gating, then ReLU).
 
     The released model uses ``reduction_t=4`` with T=4; for T < 4 the time MLP keeps one
-    hidden unit so that other T still build. spikingjelly's module with three parts swapped
-    for ones that compute the same values (same keys): the time and channel gates
-    (:class:`AxisGate`) and the spatial gate (:class:`SpatialGate`).
+    hidden unit so that other T still build. spikingjelly's module (its products in the order
+    of :class:`MultiDimensionalAttention`) with three parts swapped for ones that compute the
+    same values (same keys): the time and channel gates (:class:`AxisGate`) and the spatial
+    gate (:class:`SpatialGate`).
     """
-    attn = layer.MultiDimensionalAttention(
-        T=T, C=channels, reduction_t=min(4, T), reduction_c=16, kernel_size=3
-    )
+    attn = MultiDimensionalAttention(T=T, C=channels, reduction_t=min(4, T), reduction_c=16, kernel_size=3)
     attn.ta = AxisGate(attn.ta.sharedMLP, channel_axis=False)
     attn.ca = AxisGate(attn.ca.sharedMLP, channel_axis=True)
     attn.sa = SpatialGate(attn.sa.conv)

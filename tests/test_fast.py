@@ -315,6 +315,27 @@ def test_attention_parts_change_no_value():
         assert torch.equal(a.grad, b.grad)
 
 
+def test_attention_output_stays_contiguous_for_several_images():
+    """Without gradients the attention's output is a contiguous [T, B, C, H, W] tensor for B > 1
+    too (its gated products keep the input's layout), so the next neuron reads it without a
+    copy; float32 and bf16 inference, with the values of spikingjelly's order."""
+    from models.layers import mda
+
+    torch.manual_seed(5)
+    attn = mda(16, 4).eval()
+    x = torch.rand(4, 3, 16, 6, 7)
+    with torch.inference_mode():
+        y = attn(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y_low = attn(x.to(torch.bfloat16))
+        out = x.transpose(0, 1)
+        for gate in (attn.ta, attn.ca, attn.sa):
+            out = gate(out) * out
+        ref = attn.relu(out).transpose(0, 1)
+    assert y.is_contiguous() and y_low.is_contiguous()
+    assert torch.equal(y, ref)
+
+
 def test_attention_mlp_runs_in_float32_under_autocast():
     """The gates' shared MLPs leave autocast: float32 arithmetic, the input's dtype back; plain
     nn.Sequential outside autocast."""

@@ -180,7 +180,7 @@ def inference_cases(device: torch.device, reps: int, quick: bool) -> list[Pair]:
         compare=_image_diff)]
     cases.append(Pair(
         f"tiled_inference_{w}x{h}_bf16", "the same image: fast fp32 (reference column) against fast under bf16 "
-        "autocast (test.py --amp bf16)", run("fast", fast_net, tile_batch, img),
+        f"autocast as test.py --amp bf16 runs it ({bf16_batch} tiles per call)", run("fast", fast_net, tile_batch, img),
         run("fast", bf16_net, bf16_batch, img, amp=True), reps, warmup_reference=warm("fast", fast_net, tile_batch),
         warmup_fast=warm("fast", bf16_net, bf16_batch, amp=True), compare=_image_diff))
     calls = record_convs(fast_net, warm("fast", fast_net, tile_batch))
