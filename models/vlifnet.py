@@ -13,6 +13,7 @@ import torch.nn as nn
 from .base import SpikingRestorationNet
 from .kernels.backend import needs_grad
 from .kernels.common import LOW_PRECISION
+from .kernels.mixing import sdem_mix
 from .layers import TimeAttention, conv1x1, conv3x3, mda, tdbn, upsample_seq
 from .neurons import LIF_THRESHOLD, NILIF, build_neuron, lif, patch_to_time
 
@@ -20,11 +21,15 @@ from .neurons import LIF_THRESHOLD, NILIF, build_neuron, lif, patch_to_time
 def decompose(u: torch.Tensor, h: torch.Tensor, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
     """SDEM's mixing ``high * h + low * (u - h) + u * h`` of an input ``u`` and its spikes ``h``.
 
-    In gradient-free mixed precision (bfloat16 / float16 ``u``) the two learnt scalars are cast
-    to ``u``'s dtype first, so that the mix stays in that dtype: float32 scalars would promote
-    it to a float32 tensor, which the next convolution converts back.
+    In gradient-free mixed precision (bfloat16 / float16 ``u``) the mix stays in ``u``'s dtype
+    (float32 scalars would promote it to a float32 tensor, which the next convolution converts
+    back): bfloat16 in one pass of a C kernel (:func:`models.kernels.mixing.sdem_mix`, float32
+    arithmetic rounded once), otherwise with the scalars cast to that dtype.
     """
     if u.dtype in LOW_PRECISION and not needs_grad(u):
+        mixed = sdem_mix(u, h, high, low)
+        if mixed is not None:
+            return mixed
         high, low = high.to(u.dtype), low.to(u.dtype)
     return high * h + low * (u - h) + u * h
 

@@ -551,6 +551,23 @@ def test_bf16_inference_keeps_activations_in_bf16(tiny_config):
 
 
 @pytest.mark.skipif(native.load() is None, reason="no C compiler: the bf16 kernels are native only")
+def test_bf16_sdem_mix_is_the_float32_expression_rounded_once():
+    """SDEM's mixing in bf16 inference (one C pass): exactly the float32 expression on the
+    widened inputs, rounded to bf16 once; with gradients or in float32 the PyTorch expression."""
+    from models.vlifnet import decompose
+
+    torch.manual_seed(6)
+    u = (torch.randn(4, 2, 8, 6, 7) * 3).to(torch.bfloat16)
+    h = kernels.ni_lif(u.float()).to(torch.bfloat16)
+    high, low = torch.tensor([0.8]), torch.tensor([1.3])
+    with torch.inference_mode():
+        mixed = decompose(u, h, high, low)
+    wide = high * h.float() + low * (u.float() - h.float()) + u.float() * h.float()
+    assert mixed.dtype == torch.bfloat16 and torch.equal(mixed, wide.to(torch.bfloat16))
+    assert torch.equal(decompose(u.float(), h.float(), high, low), wide)
+
+
+@pytest.mark.skipif(native.load() is None, reason="no C compiler: the bf16 kernels are native only")
 def test_bf16_attention_pools_in_one_pass():
     """bfloat16 inference: the pooling kernel's mean and max equal PyTorch's (max exactly, NaN
     kept; mean to float32 rounding), and the attention gates built on it match their float32

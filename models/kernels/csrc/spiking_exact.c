@@ -132,6 +132,16 @@ void col_mean_max_bf16(const bf16 *x, float *mean, float *max, int64_t R, int64_
     }
 }
 
+/* SDEM's mixing in bfloat16 inference: out = high * h + low * (u - h) + u * h for the elements
+ * [lo, hi), in float32 as PyTorch evaluates the expression on the widened inputs, rounded once. */
+void sdem_mix_bf16(const bf16 *u, const bf16 *h, bf16 *out, float high, float low, int64_t lo, int64_t hi)
+{
+    for (int64_t i = lo; i < hi; ++i) {
+        const float uv = bf16_to_float(u[i]), hv = bf16_to_float(h[i]);
+        out[i] = float_to_bf16(high * hv + low * (uv - hv) + uv * hv);
+    }
+}
+
 /* NI-LIF backward: g_t = gs_t * mask_t / 4 + 0.25 * g_{t+1}; dL/dx_t = g_t. */
 void nilif_backward(const float *gs, const uint8_t *mask, float *gx, int64_t L, int64_t N, int64_t lo, int64_t hi)
 {
