@@ -160,8 +160,8 @@ def test_demo_runs_without_arguments(tmp_path, monkeypatch, capsys):
 def test_test_amp_bf16_is_close_to_float32(tmp_path):
     """``--amp bf16``: approximate, labelled in metrics.json, and close to the float32 result on
     the demo test set with the demo weights (measured, docs/speed.md: outputs 46-47 dB from the
-    float32 ones, more than half of the values changed, the reported matlab-y PSNR -0.02 dB on
-    the demo set and -0.03 dB at 481x321)."""
+    float32 ones, more than half of the values changed, the reported matlab-y PSNR -0.03 dB on
+    the demo set and -0.02 dB at 481x321)."""
     test_dir = make_demo_dataset(tmp_path / "demo", splits=("test",))["test"]
     demo = Path(__file__).resolve().parents[1] / "pretrained_models" / "vlifnet_demo.pth"  # a trained network
     common = ["--data_path", str(test_dir / "input"), "--target_path", str(test_dir / "target"),
