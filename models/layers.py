@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from spikingjelly.activation_based import layer
 
 from .kernels import upsample_spikes
-from .kernels.pooling import col_mean_max, row_mean_max
 from .kernels.backend import needs_grad, runs_bf16_natively
 from .kernels.common import LOW_PRECISION
+from .kernels.pooling import col_mean_max, row_mean_max
 from .neurons import LIF_THRESHOLD
 
 TDBN_ALPHA = 1 / math.sqrt(2)
