@@ -69,8 +69,8 @@ def add_optimisation_args(p: argparse.ArgumentParser) -> None:
     o.add_argument("--min_lr", type=float, default=1e-7, help="learning rate at the end of the cosine")
     o.add_argument("--warmup_epochs", type=non_negative_int, default=3, help="linear warm-up epochs, from 0")
     o.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay")
-    o.add_argument("--loss", choices=("ssim", "l1", "charbonnier"), default="ssim",
-                   help="training loss (released: 1 - SSIM)")
+    o.add_argument("--loss", choices=("ssim", "l1", "charbonnier", "mse"), default="ssim",
+                   help="training loss (released: 1 - SSIM; mse: the squared error PSNR measures)")
     o.add_argument("--ema_decay", type=float, default=0.0,
                    help="keep an exponential moving average of the weights, used for validation and "
                         "saved as the weights (e.g. 0.999); 0 = off")

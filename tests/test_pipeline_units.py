@@ -65,6 +65,16 @@ def test_ssim_loss_is_not_clamped_and_has_gradients():
 
 
 # ----------------------------------------------------------------------------- schedule
+def test_losses_by_name():
+    from utils.losses import build_loss
+
+    x, y = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
+    assert torch.equal(build_loss("mse")(x, y), torch.nn.functional.mse_loss(x, y))
+    assert torch.equal(build_loss("l1")(x, y), torch.nn.functional.l1_loss(x, y))
+    with pytest.raises(ValueError, match="unknown loss"):
+        build_loss("l3")
+
+
 def test_released_schedule_values():
     lrs = [lr_at_epoch(e, 1e-3, 1e-7, 3, 1000) for e in range(1, 1001)]
     assert lrs[:4] == pytest.approx([0.0, 1e-3 / 3, 2e-3 / 3, 1e-3], rel=1e-12)

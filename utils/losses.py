@@ -63,11 +63,14 @@ class CharbonnierLoss(nn.Module):
         return torch.sqrt((restored - target) ** 2 + self.eps**2).mean()
 
 
-LOSSES: dict[str, type[nn.Module]] = {"ssim": SSIMLoss, "l1": nn.L1Loss, "charbonnier": CharbonnierLoss}
+LOSSES: dict[str, type[nn.Module]] = {
+    "ssim": SSIMLoss, "l1": nn.L1Loss, "charbonnier": CharbonnierLoss, "mse": nn.MSELoss,
+}
 
 
 def build_loss(name: str) -> nn.Module:
-    """Loss by name: ``ssim`` (released), ``l1`` or ``charbonnier``."""
+    """Loss by name: ``ssim`` (released), ``l1``, ``charbonnier`` or ``mse`` (the squared error that
+    PSNR measures)."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
     return LOSSES[name]()
