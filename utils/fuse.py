@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from models.kernels.common import LOW_PRECISION
 from models.layers import Float32MLP
 from models.neurons import set_adjust_first
 
@@ -190,7 +191,7 @@ LOW_PRECISION_CPU_TILES = 4
 
 
 def _stores_low_precision(model: nn.Module) -> bool:
-    return any(p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters())
+    return any(p.dtype in LOW_PRECISION for p in model.parameters())
 
 
 def auto_tile_batch(model: nn.Module, crop_size: int, device: torch.device | str = "cpu",

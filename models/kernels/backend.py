@@ -53,11 +53,19 @@ def native_kernel(lib, name: str, dtype: torch.dtype):
     return getattr(lib, name + "_bf16" if dtype == torch.bfloat16 else name)
 
 
+def bf16_lib(x: torch.Tensor, backend: str = "auto"):
+    """The C kernels if ``x`` is a gradient-free bfloat16 CPU tensor they take as it is (their
+    bfloat16 instances), else ``None``."""
+    if x.dtype != torch.bfloat16 or needs_grad(x):
+        return None
+    return native_lib(backend, x, bf16=True)
+
+
 def runs_bf16_natively(x: torch.Tensor, backend: str) -> bool:
     """Whether ``x``, a gradient-free bfloat16 tensor, goes to the bfloat16 instances of the
-    forward C kernels as it is. Otherwise low-precision input is converted to float32 and the
-    spikes back (two copies per neuron call); the arithmetic is float32 in both cases."""
-    return x.dtype == torch.bfloat16 and not needs_grad(x) and native_lib(backend, x, bf16=True) is not None
+    forward C kernels as it is (:func:`bf16_lib`). Otherwise low-precision input is converted to
+    float32 and the spikes back (two copies per neuron call); the arithmetic is float32 in both cases."""
+    return bf16_lib(x, backend) is not None
 
 
 def _reset_pool() -> None:

@@ -131,15 +131,11 @@ def lif_multi_step(
     membranes in float32, spikes returned in the input's dtype, the final membrane in float32;
     gradient-free bfloat16 goes to the native kernel's bfloat16 instance without conversions.
     """
-    if runs_bf16_natively(x_seq, backend):
-        x = x_seq.contiguous()
-        spikes, _, v = lif_forward(x.view(x.shape[0], -1), v0.float().reshape(-1), tau, v_th, False, backend)
-        return spikes.view(x.shape), v.view(x.shape[1:])
-    if x_seq.dtype in LOW_PRECISION:
+    if x_seq.dtype in LOW_PRECISION and not runs_bf16_natively(x_seq, backend):
         spikes, v = lif_multi_step(x_seq.float(), v0.float(), tau, v_th, alpha, backend)
         return spikes.to(x_seq.dtype), v
     if needs_grad(x_seq):
         return LIFFunction.apply(x_seq, v0.detach(), tau, v_th, alpha, backend)
     x = x_seq.contiguous()
-    spikes, _, v = lif_forward(x.view(x.shape[0], -1), v0.reshape(-1), tau, v_th, False, backend)
+    spikes, _, v = lif_forward(x.view(x.shape[0], -1), v0.float().reshape(-1), tau, v_th, False, backend)
     return spikes.view(x.shape), v.view(x.shape[1:])
