@@ -16,7 +16,7 @@ from .kernels import upsample_spikes
 from .kernels.backend import needs_grad, runs_bf16_natively
 from .kernels.common import LOW_PRECISION
 from .kernels.pooling import col_mean_max, row_mean_max
-from .neurons import LIF_THRESHOLD
+from .neurons import LIF_THRESHOLD, Switchable
 
 TDBN_ALPHA = 1 / math.sqrt(2)
 
@@ -167,20 +167,35 @@ class Float32MLP(nn.Sequential):
             return super().forward(x.float() if x.dtype in LOW_PRECISION else x).to(x.dtype)
 
 
-class MultiDimensionalAttention(layer.MultiDimensionalAttention):
-    """spikingjelly's module; without gradients its gated products are written ``out * gate(out)``
-    instead of ``gate(out) * out`` (the same values: a product of two floats does not depend on
-    their order). The result then keeps the layout of ``out``, so the module's output is a
-    contiguous ``[T, B, C, H, W]`` tensor also for ``B > 1``, which the neurons after it read
-    without a copy. With gradients spikingjelly's order stays: autograd sums the two gradient
-    terms of ``out`` in the order of the operands, and the exactness tests pin that order."""
+class MultiDimensionalAttention(Switchable, layer.MultiDimensionalAttention):
+    """spikingjelly's module, with the gated products of the ``fast`` implementation formed in
+    the ``[T, B, C, H, W]`` layout of its input.
+
+    spikingjelly gates a transposed ``[B, T, C, H, W]`` view and transposes the result back (the
+    ``reference`` implementation): with ``B > 1`` every product, and in training each of their
+    gradients, walks memory with mismatched strides, and the output is a non-contiguous view that
+    the next layer copies. ``fast`` still shows each gate the ``[B, T, C, H, W]`` view (the same
+    pooling, the same scores) and transposes the score instead, so that every product and the
+    output are contiguous ``[T, B, C, H, W]`` tensors with the same values; the gradients are the
+    same sums in another memory order (equal to float rounding). With gradients the operands
+    keep spikingjelly's order ``gate * out`` (autograd sums the two gradient terms of ``out`` in
+    that order); without them ``out * gate`` (the same product), which also keeps the reference
+    implementation's output contiguous in inference.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = x.transpose(0, 1)
+        if self.impl != "fast":
+            out = x.transpose(0, 1)
+            for attention in (self.ta, self.ca, self.sa):
+                if attention is not None:
+                    out = attention(out) * out if needs_grad(out) else out * attention(out)
+            return self.relu(out).transpose(0, 1)
+        out = x
         for attention in (self.ta, self.ca, self.sa):
             if attention is not None:
-                out = attention(out) * out if needs_grad(out) else out * attention(out)
-        return self.relu(out).transpose(0, 1)
+                gate = attention(out.transpose(0, 1)).transpose(0, 1).contiguous()
+                out = gate * out if needs_grad(out) else out * gate
+        return self.relu(out)
 
 
 def mda(channels: int, T: int = 4) -> layer.MultiDimensionalAttention:

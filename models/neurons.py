@@ -47,14 +47,16 @@ def _log_fallback_once(reason: str) -> None:
         log.info("fast LIF kernel not used for %s: running spikingjelly's LIF (same results)", reason)
 
 
-class _Switchable:
-    """The implementation choice a neuron module carries (see the module docstring)."""
+class Switchable:
+    """The implementation choice a module carries (see the module docstring): the neurons, and
+    the layers between them whose fast path computes in another order or layout (SDEM's mixing,
+    the attention's products; :mod:`models.vlifnet`, :mod:`models.layers`)."""
 
     impl: str = "fast"
     kernel_backend: str = "auto"
 
 
-class LIF(_Switchable, neuron.LIFNode):
+class LIF(Switchable, neuron.LIFNode):
     """spikingjelly's LIFNode; with ``impl == "fast"`` its multi-step CPU forward runs
     :func:`models.kernels.lif_multi_step` (same spikes and membranes, bit for bit; bfloat16 and
     float16 inputs charge and fire in float32).
@@ -148,7 +150,7 @@ def ni_lif_reference(x_seq: torch.Tensor) -> torch.Tensor:
     return torch.stack(spikes)
 
 
-class NILIF(_Switchable, nn.Module):
+class NILIF(Switchable, nn.Module):
     """Multi-step NI-LIF layer (no parameters, no state between calls)."""
 
     @classmethod
@@ -162,7 +164,7 @@ class NILIF(_Switchable, nn.Module):
         return ni_lif_reference(x_seq)
 
 
-class VLIF(_Switchable, nn.Module):
+class VLIF(Switchable, nn.Module):
     """Visual LIF (SPEC 1.3): real-valued output ``[T, B, C, H, W]`` for input of the same shape.
 
     ``adjust_first`` (default ``False``, the released order) runs the 1x1 ``channel_adjust``
@@ -231,7 +233,7 @@ def set_neuron_impl(module: nn.Module, impl: str, kernel_backend: str = "auto") 
         raise ValueError(f"unknown neuron implementation {impl!r}; choose one of {', '.join(NEURON_IMPLS)}")
     kernels.check_backend(kernel_backend)
     for m in module.modules():
-        if isinstance(m, _Switchable):
+        if isinstance(m, Switchable):
             m.impl, m.kernel_backend = impl, kernel_backend
     return module
 
@@ -240,7 +242,7 @@ def set_neuron_impl(module: nn.Module, impl: str, kernel_backend: str = "auto") 
 def neuron_impl(module: nn.Module, impl: str, kernel_backend: str = "auto") -> Iterator[nn.Module]:
     """``with neuron_impl(net, "reference"): ...`` runs the block with that implementation and
     restores every neuron's previous choice afterwards."""
-    before = [(m, m.impl, m.kernel_backend) for m in module.modules() if isinstance(m, _Switchable)]
+    before = [(m, m.impl, m.kernel_backend) for m in module.modules() if isinstance(m, Switchable)]
     set_neuron_impl(module, impl, kernel_backend)
     try:
         yield module

@@ -13,33 +13,41 @@ import torch.nn as nn
 from .base import SpikingRestorationNet
 from .kernels.backend import needs_grad
 from .kernels.common import LOW_PRECISION
-from .kernels.mixing import sdem_mix
+from .kernels.mixing import sdem_mix, sdem_mix_float32
 from .layers import TimeAttention, conv1x1, conv3x3, mda, tdbn, upsample_seq
-from .neurons import LIF_THRESHOLD, NILIF, build_neuron, lif, patch_to_time
+from .neurons import LIF_THRESHOLD, NILIF, Switchable, build_neuron, lif, patch_to_time
 
 
-def decompose(u: torch.Tensor, h: torch.Tensor, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+def decompose(u: torch.Tensor, h: torch.Tensor, high: torch.Tensor, low: torch.Tensor,
+              fast: bool = False, backend: str = "auto") -> torch.Tensor:
     """SDEM's mixing ``high * h + low * (u - h) + u * h`` of an input ``u`` and its spikes ``h``.
 
     In gradient-free mixed precision (bfloat16 / float16 ``u``) the mix stays in ``u``'s dtype
     (float32 scalars would promote it to a float32 tensor, which the next convolution converts
     back): bfloat16 in one pass of a C kernel (:func:`models.kernels.mixing.sdem_mix`, float32
-    arithmetic rounded once), otherwise with the scalars cast to that dtype.
+    arithmetic rounded once), otherwise with the scalars cast to that dtype. ``fast`` float32
+    (the ``fast`` implementation) takes one pass of a C kernel, the same bits, and with gradients
+    one autograd node with a one-pass backward (:func:`models.kernels.mixing.sdem_mix_float32`).
     """
     if u.dtype in LOW_PRECISION and not needs_grad(u):
         mixed = sdem_mix(u, h, high, low)
         if mixed is not None:
             return mixed
         high, low = high.to(u.dtype), low.to(u.dtype)
+    elif fast and u.dtype == torch.float32:
+        mixed = sdem_mix_float32(u, h, high, low, backend)
+        if mixed is not None:
+            return mixed
     return high * h + low * (u - h) + u * h
 
 
-class SDEM(nn.Module):
+class SDEM(Switchable, nn.Module):
     """Spiking Decomposition and Enhancement Module (released ``Spiking_Residual_Block``).
 
     Each group splits its input ``u`` with a neuron into a high-frequency part ``h`` (the
     neuron's output), a low-frequency part ``u - h`` and an enhancement ``u * h``, mixes them
-    with learnt scalars, then convolves. ``[T, B, dim, H, W]`` -> same.
+    with learnt scalars (:func:`decompose`; its one-pass kernel with ``impl == "fast"``), then
+    convolves. ``[T, B, dim, H, W]`` -> same.
     """
 
     def __init__(self, dim: int, T: int = 4, r: int = 2, neuron: str = "vlif"):
@@ -58,10 +66,11 @@ class SDEM(nn.Module):
         self.attn = mda(dim, T)
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        fast, backend = self.impl == "fast", self.kernel_backend
         h1 = self.lif_1(x_seq)
-        o = self.bn1(self.conv1(decompose(x_seq, h1, self.high_freq_scale_1, self.low_freq_scale_1)))
+        o = self.bn1(self.conv1(decompose(x_seq, h1, self.high_freq_scale_1, self.low_freq_scale_1, fast, backend)))
         h2 = self.lif_2(o)
-        o = self.bn2(self.conv2(decompose(o, h2, self.high_freq_scale_2, self.low_freq_scale_2)))
+        o = self.bn2(self.conv2(decompose(o, h2, self.high_freq_scale_2, self.low_freq_scale_2, fast, backend)))
         return self.attn(o + self.shortcut(x_seq)) + x_seq
 
 

@@ -291,9 +291,10 @@ def test_fold_inplace_and_prepare():
 
 
 def test_attention_parts_change_no_value():
-    """mda() swaps three parts of spikingjelly's MultiDimensionalAttention (max pooling as amax
-    without gradients, the spatial gate, float32 MLPs): the same keys, the same values bit for
-    bit in float32 with and without gradients, the same gradients on tied maxima."""
+    """mda() swaps parts of spikingjelly's MultiDimensionalAttention (max pooling as amax without
+    gradients, the spatial gate, float32 MLPs, the products in the input's layout): the same keys,
+    the same values bit for bit in float32 with and without gradients; the gradients are the same
+    sums in another memory order (equal to float32 rounding), on tied maxima too."""
     from spikingjelly.activation_based.layer import MultiDimensionalAttention
 
     from models.layers import GlobalMaxPool, SpatialGate, mda
@@ -304,21 +305,31 @@ def test_attention_parts_change_no_value():
     theirs = MultiDimensionalAttention(T=4, C=16, reduction_t=4, reduction_c=16, kernel_size=3)
     assert list(theirs.state_dict()) == list(ours.state_dict())
     theirs.load_state_dict(ours.state_dict())
+    for module in (ours.ta.sharedMLP, theirs.ta.sharedMLP):  # bias the time gate's ReLU on,
+        torch.nn.init.constant_(module[0].weight, 0.3)       # so that its gradient is not zero
     x = (torch.rand(4, 2, 16, 6, 7) * 4).round() / 4  # spike-like: many tied maxima
     with torch.inference_mode():
         assert torch.equal(ours(x), theirs(x))
     grad = torch.randn_like(x)
     y_ref, g_ref = _fwd_bwd(theirs, x, grad)
-    y_new, g_new = _fwd_bwd(ours, x, grad)
-    assert torch.equal(y_new, y_ref) and torch.equal(g_new, g_ref)
+    with neuron_impl(ours, "reference"):  # spikingjelly's layout: the same gradients bit for bit
+        y_old, g_old = _fwd_bwd(ours, x, grad)
+    assert torch.equal(y_old, y_ref) and torch.equal(g_old, g_ref)
     for a, b in zip(ours.parameters(), theirs.parameters()):
         assert torch.equal(a.grad, b.grad)
+        a.grad = None
+    y_new, g_new = _fwd_bwd(ours, x, grad)
+    assert torch.equal(y_new, y_ref) and y_new.is_contiguous()
+    torch.testing.assert_close(g_new, g_ref, rtol=1e-6, atol=1e-7)
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        assert b.grad.abs().max() > 0
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6 * b.grad.abs().max().item())
 
 
 def test_attention_output_stays_contiguous_for_several_images():
-    """Without gradients the attention's output is a contiguous [T, B, C, H, W] tensor for B > 1
-    too (its gated products keep the input's layout), so the next neuron reads it without a
-    copy; float32 and bf16 inference, with the values of spikingjelly's order."""
+    """The attention's output is a contiguous [T, B, C, H, W] tensor for B > 1 too (its gated
+    products keep the input's layout), so the next neuron reads it without a copy; float32 and
+    bf16 inference and training, with the values of spikingjelly's order."""
     from models.layers import mda
 
     torch.manual_seed(5)
@@ -332,8 +343,9 @@ def test_attention_output_stays_contiguous_for_several_images():
         for gate in (attn.ta, attn.ca, attn.sa):
             out = gate(out) * out
         ref = attn.relu(out).transpose(0, 1)
-    assert y.is_contiguous() and y_low.is_contiguous()
-    assert torch.equal(y, ref)
+    y_train = attn(x.clone().requires_grad_())
+    assert y.is_contiguous() and y_low.is_contiguous() and y_train.is_contiguous()
+    assert torch.equal(y, ref) and torch.equal(y_train, ref)
 
 
 def test_attention_mlp_runs_in_float32_under_autocast():
@@ -429,6 +441,8 @@ def test_kernels_are_pytorch_operators():
     ]
     if native.load() is not None:
         cases.append((ops.upsample2x, (torch.randint(0, 5, (2, 3, 4, 5)).float() / 4,)))
+        cases.append((ops.sdem_mix_forward, (x, x.round(), 0.8, 1.3)))
+        cases.append((ops.sdem_mix_backward, (x, torch.randn(16, 40), x.round(), 0.8, 1.3)))
     for op, args in cases:
         torch.library.opcheck(op, args)
 
@@ -565,6 +579,43 @@ def test_bf16_sdem_mix_is_the_float32_expression_rounded_once():
     wide = high * h.float() + low * (u.float() - h.float()) + u.float() * h.float()
     assert mixed.dtype == torch.bfloat16 and torch.equal(mixed, wide.to(torch.bfloat16))
     assert torch.equal(decompose(u.float(), h.float(), high, low), wide)
+
+
+@pytest.mark.skipif(native.load() is None, reason="no C compiler: the fused mix is native only")
+def test_float32_sdem_mix_is_the_expression_and_its_gradient():
+    """SDEM's float32 mixing in the fast implementation (one C pass, one autograd node): the
+    PyTorch expression bit for bit, with and without gradients; its gradients (one pass, the
+    scalars' sums in float64) equal autograd's to float32 rounding; the reference
+    implementation and the torch backend keep the expression."""
+    from models.kernels.mixing import sdem_mix_float32
+    from models.vlifnet import SDEM, decompose
+
+    torch.manual_seed(7)
+    u0 = torch.randn(4, 2, 8, 6, 7) * 3
+    h0 = kernels.ni_lif(u0)
+    grad = torch.randn_like(u0)
+
+    def run(fn):
+        u, h = u0.clone().requires_grad_(), h0.clone().requires_grad_()
+        high, low = torch.tensor([0.8], requires_grad=True), torch.tensor([1.3], requires_grad=True)
+        out = fn(u, h, high, low)
+        out.backward(grad)
+        return out, [t.grad for t in (u, h, high, low)]
+
+    ref, ref_grads = run(lambda u, h, a, b: a * h + b * (u - h) + u * h)
+    out, grads = run(sdem_mix_float32)
+    assert out.grad_fn is not None and "SDEMMix" in type(out.grad_fn).__name__
+    assert torch.equal(out, ref)
+    for g, r in zip(grads, ref_grads):
+        assert g.shape == r.shape and g.dtype == r.dtype
+        torch.testing.assert_close(g, r, rtol=1e-6, atol=1e-6 * r.abs().max().item())
+    with torch.inference_mode():
+        assert torch.equal(decompose(u0, h0, torch.tensor([0.8]), torch.tensor([1.3]), fast=True), ref.detach())
+    assert sdem_mix_float32(u0, h0, torch.tensor([0.8]), torch.tensor([1.3]), backend="torch") is None
+    block = SDEM(16)
+    with neuron_impl(block, "reference"):
+        assert block.impl == "reference"  # SDEM switches with the neurons
+    assert block.impl == "fast"
 
 
 @pytest.mark.skipif(native.load() is None, reason="no C compiler: the bf16 kernels are native only")

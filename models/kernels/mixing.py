@@ -1,15 +1,22 @@
-"""SDEM's mixing ``high * h + low * (u - h) + u * h`` in bfloat16 inference, one pass.
+"""SDEM's mixing ``high * h + low * (u - h) + u * h`` in one pass.
 
 PyTorch evaluates the expression as six element-wise operations, each reading and writing the
-whole tensor and, in bfloat16, widening and rounding at every step. The C kernel reads ``u`` and
-``h`` once, computes in float32 and rounds once: exactly the expression on the widened inputs,
-rounded to bfloat16. Used only where :func:`models.kernels.backend.bf16_lib` holds.
+whole tensor (and, in bfloat16, widening and rounding at every step); in training autograd keeps
+their intermediates and its backward makes about as many passes again. The C kernels read ``u``
+and ``h`` once:
+- bfloat16 inference (:func:`sdem_mix`): float32 arithmetic rounded once, exactly the expression
+  on the widened inputs, rounded to bfloat16;
+- float32 (:func:`sdem_mix_float32`): the expression evaluated in PyTorch's order, the same bits;
+  with gradients one autograd node that saves nothing new (``u`` and ``h`` live on anyway) and
+  whose backward makes one pass for ``dL/du``, ``dL/dh`` and the two scalars' gradients (their
+  sums accumulated in float64: equal to autograd's to float32 rounding, not bit for bit).
 """
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
-from .backend import bf16_lib, data_ptr, for_native
+from .backend import bf16_lib, data_ptr, for_native, native_lib, needs_grad
 
 
 def sdem_mix(u: torch.Tensor, h: torch.Tensor, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor | None:
@@ -23,3 +30,73 @@ def sdem_mix(u: torch.Tensor, h: torch.Tensor, high: torch.Tensor, low: torch.Te
     a, b = float(high), float(low)
     for_native(u.numel(), lambda lo, hi: lib.sdem_mix_bf16(data_ptr(u), data_ptr(h), data_ptr(out), a, b, lo, hi))
     return out
+
+
+@torch.library.custom_op("spiking_derain::sdem_mix_forward", mutates_args=())
+def sdem_mix_forward(u: torch.Tensor, h: torch.Tensor, high: float, low: float) -> torch.Tensor:
+    """``high * h + low * (u - h) + u * h`` of contiguous float32 CPU ``u`` and ``h``."""
+    lib = native_lib("native", u, h)
+    out = torch.empty_like(u)
+    for_native(u.numel(), lambda lo, hi: lib.sdem_mix_f32(data_ptr(u), data_ptr(h), data_ptr(out), high, low, lo, hi))
+    return out
+
+
+@sdem_mix_forward.register_fake
+def _(u: torch.Tensor, h: torch.Tensor, high: float, low: float) -> torch.Tensor:
+    return torch.empty_like(u)
+
+
+@torch.library.custom_op("spiking_derain::sdem_mix_backward", mutates_args=())
+def sdem_mix_backward(grad: torch.Tensor, u: torch.Tensor, h: torch.Tensor, high: float,
+                      low: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``dL/du``, ``dL/dh`` and float64 ``[dL/dhigh, dL/dlow]`` of the mix from ``dL/dout``."""
+    lib = native_lib("native", grad, u, h)
+    grad_u, grad_h = torch.empty_like(u), torch.empty_like(h)
+    parts: dict[int, torch.Tensor] = {}  # per range, summed below in a fixed order
+
+    def call(lo: int, hi: int) -> None:
+        sums = parts[lo] = torch.empty(2, dtype=torch.float64)
+        lib.sdem_mix_backward(data_ptr(grad), data_ptr(u), data_ptr(h), data_ptr(grad_u), data_ptr(grad_h),
+                              data_ptr(sums), high, low, lo, hi)
+
+    for_native(u.numel(), call)
+    return grad_u, grad_h, torch.stack([parts[lo] for lo in sorted(parts)]).sum(0)
+
+
+@sdem_mix_backward.register_fake
+def _(grad: torch.Tensor, u: torch.Tensor, h: torch.Tensor, high: float,
+      low: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return torch.empty_like(u), torch.empty_like(h), u.new_empty(2, dtype=torch.float64)
+
+
+class SDEMMixFunction(torch.autograd.Function):
+    """The float32 mix as one autograd node (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, u: torch.Tensor, h: torch.Tensor, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+        ctx.scalars = float(high), float(low)
+        ctx.shapes = high.shape, low.shape
+        ctx.save_for_backward(u, h)
+        return sdem_mix_forward(u, h, *ctx.scalars)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        u, h = ctx.saved_tensors
+        grad_u, grad_h, sums = sdem_mix_backward(grad.contiguous(), u, h, *ctx.scalars)
+        sums = sums.to(torch.float32)
+        return grad_u, grad_h, sums[0].reshape(ctx.shapes[0]), sums[1].reshape(ctx.shapes[1])
+
+
+def sdem_mix_float32(u: torch.Tensor, h: torch.Tensor, high: torch.Tensor, low: torch.Tensor,
+                     backend: str = "auto") -> torch.Tensor | None:
+    """The mix of float32 CPU ``u`` and its spikes ``h`` (same shape) with the one-element
+    ``high`` and ``low``, differentiable, or ``None`` where the native kernels do not apply
+    (``backend`` ``torch``, another dtype or device, no C compiler) and the caller uses PyTorch."""
+    if (u.shape != h.shape or high.numel() != 1 or low.numel() != 1
+            or native_lib(backend, u, h, high, low) is None):
+        return None
+    u, h = u.contiguous(), h.contiguous()
+    if needs_grad(u) or needs_grad(h) or needs_grad(high) or needs_grad(low):
+        return SDEMMixFunction.apply(u, h, high, low)
+    return sdem_mix_forward(u, h, float(high), float(low))

@@ -142,6 +142,16 @@ void sdem_mix_bf16(const bf16 *u, const bf16 *h, bf16 *out, float high, float lo
     }
 }
 
+/* SDEM's mixing in float32 training: out = high * h + low * (u - h) + u * h for the elements
+ * [lo, hi), evaluated as PyTorch evaluates the expression (no contraction): the same bits. */
+void sdem_mix_f32(const float *u, const float *h, float *out, float high, float low, int64_t lo, int64_t hi)
+{
+    for (int64_t i = lo; i < hi; ++i) {
+        const float uv = u[i], hv = h[i];
+        out[i] = high * hv + low * (uv - hv) + uv * hv;
+    }
+}
+
 /* NI-LIF backward: g_t = gs_t * mask_t / 4 + 0.25 * g_{t+1}; dL/dx_t = g_t. */
 void nilif_backward(const float *gs, const uint8_t *mask, float *gx, int64_t L, int64_t N, int64_t lo, int64_t hi)
 {

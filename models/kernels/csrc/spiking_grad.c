@@ -86,3 +86,22 @@ void upsample2x_bilinear_backward(const float *gout, float *gin, int64_t h, int6
         }
     }
 }
+
+
+/* SDEM's mixing out = high * h + low * (u - h) + u * h, backward for the elements [lo, hi):
+ * dL/du = g (low + h), dL/dh = g (high - low + u), and the two scalars' partial sums
+ * sums[0] = sum g h, sums[1] = sum g (u - h), accumulated in double. */
+void sdem_mix_backward(const float *g, const float *u, const float *h, float *gu, float *gh, double *sums,
+                       float high, float low, int64_t lo, int64_t hi)
+{
+    double s_high = 0.0, s_low = 0.0;
+    for (int64_t i = lo; i < hi; ++i) {
+        const float gv = g[i], uv = u[i], hv = h[i];
+        gu[i] = gv * (low + hv);
+        gh[i] = gv * (high - low + uv);
+        s_high += (double)(gv * hv);
+        s_low += (double)(gv * (uv - hv));
+    }
+    sums[0] = s_high;
+    sums[1] = s_low;
+}
