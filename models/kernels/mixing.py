@@ -16,28 +16,25 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from .backend import bf16_lib, data_ptr, for_native, native_lib, needs_grad
+from .backend import bf16_lib, data_ptr, for_native, native_kernel, native_lib, needs_grad
 
 
 def sdem_mix(u: torch.Tensor, h: torch.Tensor, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor | None:
     """The mix of contiguous bfloat16 ``u`` and its spikes ``h`` (same shape) with the scalars
     ``high`` and ``low``, or ``None`` where the native kernel does not apply."""
-    lib = bf16_lib(u)
-    if (lib is None or h.dtype != u.dtype or h.shape != u.shape or not u.is_contiguous()
+    if (bf16_lib(u) is None or h.dtype != u.dtype or h.shape != u.shape or not u.is_contiguous()
             or not h.is_contiguous() or high.numel() != 1 or low.numel() != 1):
         return None
-    out = torch.empty_like(u)
-    a, b = float(high), float(low)
-    for_native(u.numel(), lambda lo, hi: lib.sdem_mix_bf16(data_ptr(u), data_ptr(h), data_ptr(out), a, b, lo, hi))
-    return out
+    return sdem_mix_forward(u, h, float(high), float(low))
 
 
 @torch.library.custom_op("spiking_derain::sdem_mix_forward", mutates_args=())
 def sdem_mix_forward(u: torch.Tensor, h: torch.Tensor, high: float, low: float) -> torch.Tensor:
-    """``high * h + low * (u - h) + u * h`` of contiguous float32 CPU ``u`` and ``h``."""
-    lib = native_lib("native", u, h)
+    """``high * h + low * (u - h) + u * h`` of contiguous float32 or bfloat16 CPU ``u`` and ``h``
+    (float32 arithmetic in both)."""
+    kernel = native_kernel(native_lib("native", u, h, bf16=True), "sdem_mix", u.dtype)
     out = torch.empty_like(u)
-    for_native(u.numel(), lambda lo, hi: lib.sdem_mix_f32(data_ptr(u), data_ptr(h), data_ptr(out), high, low, lo, hi))
+    for_native(u.numel(), lambda lo, hi: kernel(data_ptr(u), data_ptr(h), data_ptr(out), high, low, lo, hi))
     return out
 
 

@@ -39,7 +39,7 @@ _SIGNATURES = {
     "row_mean_max_bf16": [_P, _P, _P, _I64, _I64, _I64],
     "col_mean_max_bf16": [_P, _P, _P, _I64, _I64, _I64, _I64],
     "sdem_mix_bf16": [_P, _P, _P, _F32, _F32, _I64, _I64],
-    "sdem_mix_f32": [_P, _P, _P, _F32, _F32, _I64, _I64],
+    "sdem_mix": [_P, _P, _P, _F32, _F32, _I64, _I64],
     "sdem_mix_backward": [_P, _P, _P, _P, _P, _P, _F32, _F32, _I64, _I64],
 }
 # the forward kernels' bfloat16 instances (csrc/forward.h): same arguments

@@ -144,7 +144,7 @@ void sdem_mix_bf16(const bf16 *u, const bf16 *h, bf16 *out, float high, float lo
 
 /* SDEM's mixing in float32: out = high * h + low * (u - h) + u * h for the elements
  * [lo, hi), evaluated as PyTorch evaluates the expression (no contraction): the same bits. */
-void sdem_mix_f32(const float *u, const float *h, float *out, float high, float low, int64_t lo, int64_t hi)
+void sdem_mix(const float *u, const float *h, float *out, float high, float low, int64_t lo, int64_t hi)
 {
     for (int64_t i = lo; i < hi; ++i) {
         const float uv = u[i], hv = h[i];
