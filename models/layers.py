@@ -15,7 +15,7 @@ from spikingjelly.activation_based import layer
 from .kernels import upsample_spikes
 from .kernels.backend import needs_grad, runs_bf16_natively
 from .kernels.common import LOW_PRECISION
-from .kernels.pooling import col_mean_max, row_mean_max
+from .kernels.pooling import GATE_AXES, col_mean_max, gate_mean_max, row_mean_max
 from .neurons import LIF_THRESHOLD, Switchable
 
 TDBN_ALPHA = 1 / math.sqrt(2)
@@ -126,10 +126,13 @@ class AxisGate(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, L, C, H, W] -> [B, L, 1, 1, 1] or [B, 1, C, 1, 1]
         stats = plane_mean_max(x, over=1 if self.channel_axis else 2)
         if stats is not None:
-            score = torch.sigmoid(self.sharedMLP(stats[0]) + self.sharedMLP(stats[1])).to(x.dtype)
-        else:
-            pooled = x.transpose(1, 2) if self.channel_axis else x
-            score = torch.sigmoid(self.sharedMLP(self.avg_pool(pooled)) + self.sharedMLP(self.max_pool(pooled)))
+            return self.score(*stats).to(x.dtype)
+        pooled = x.transpose(1, 2) if self.channel_axis else x
+        return self.score(self.avg_pool(pooled), self.max_pool(pooled))
+
+    def score(self, mean: torch.Tensor, peak: torch.Tensor) -> torch.Tensor:
+        """The gate from its pooled statistics (``[B, L or C, 1, 1, 1]`` each)."""
+        score = torch.sigmoid(self.sharedMLP(mean) + self.sharedMLP(peak))
         return score.transpose(1, 2) if self.channel_axis else score
 
 
@@ -147,12 +150,14 @@ class SpatialGate(nn.Module):
         B, L, C, H, W = x.shape
         stats = spatial_mean_max(x)
         if stats is not None:
-            pooled = torch.stack(stats, dim=1).view(B, 2, H, W).to(x.dtype)
-        else:
-            x = x.flatten(1, 2)
-            peak = x.max(dim=1, keepdim=True).values if needs_grad(x) else x.amax(dim=1, keepdim=True)
-            pooled = torch.cat((x.mean(dim=1, keepdim=True), peak), dim=1)
-        return torch.sigmoid(self.conv(pooled)).unsqueeze(1)
+            return self.score(*(t.view(B, 1, H, W).to(x.dtype) for t in stats))
+        x = x.flatten(1, 2)
+        peak = x.max(dim=1, keepdim=True).values if needs_grad(x) else x.amax(dim=1, keepdim=True)
+        return self.score(x.mean(dim=1, keepdim=True), peak)
+
+    def score(self, mean: torch.Tensor, peak: torch.Tensor) -> torch.Tensor:
+        """The gate ``[B, 1, 1, H, W]`` from its pooled statistics (``[B, 1, H, W]`` each)."""
+        return torch.sigmoid(self.conv(torch.cat((mean, peak), dim=1))).unsqueeze(1)
 
 
 class Float32MLP(nn.Sequential):
@@ -179,8 +184,9 @@ class MultiDimensionalAttention(Switchable, layer.MultiDimensionalAttention):
     output are contiguous ``[T, B, C, H, W]`` tensors with the same values; the gradients are the
     same sums in another memory order (equal to float rounding). With gradients the operands
     keep spikingjelly's order ``gate * out`` (autograd sums the two gradient terms of ``out`` in
-    that order); without them ``out * gate`` (the same product), which also keeps the reference
-    implementation's output contiguous in inference.
+    that order), and the gates pool through :class:`~models.kernels.pooling.GatePool` (the same
+    statistics; one gradient tensor for mean and max); without them ``out * gate`` (the same
+    product), which also keeps the reference implementation's output contiguous in inference.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -191,10 +197,15 @@ class MultiDimensionalAttention(Switchable, layer.MultiDimensionalAttention):
                     out = attention(out) * out if needs_grad(out) else out * attention(out)
             return self.relu(out).transpose(0, 1)
         out = x
-        for attention in (self.ta, self.ca, self.sa):
-            if attention is not None:
-                gate = attention(out.transpose(0, 1)).transpose(0, 1).contiguous()
-                out = gate * out if needs_grad(out) else out * gate
+        for attention, axis in zip((self.ta, self.ca, self.sa), GATE_AXES):
+            if attention is None:
+                continue
+            if needs_grad(out) and out.is_contiguous() and hasattr(attention, "score"):
+                gate = attention.score(*gate_mean_max(out, axis))
+            else:
+                gate = attention(out.transpose(0, 1))
+            gate = gate.transpose(0, 1).contiguous()
+            out = gate * out if needs_grad(out) else out * gate
         return self.relu(out)
 
 

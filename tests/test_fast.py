@@ -326,6 +326,41 @@ def test_attention_parts_change_no_value():
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6 * b.grad.abs().max().item())
 
 
+def test_gate_pool_is_the_gates_pooling_with_one_gradient():
+    """GatePool (the fast attention's pooling in training) returns each gate's mean and max bit for
+    bit, and its one-tensor backward equals autograd's through the gates' own pooling, the max's
+    gradient at the same one of tied maxima; float32 under bf16 autocast, as adaptive pooling."""
+    import torch.nn.functional as F
+
+    from models.kernels.pooling import GATE_AXES, gate_mean_max
+
+    torch.manual_seed(4)
+    x = (torch.rand(4, 3, 16, 5, 6) * 4).round() / 4  # many tied maxima
+    for axis in GATE_AXES:
+        ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+        mean, peak = gate_mean_max(ours, axis)
+        view = theirs.transpose(0, 1)
+        if axis == "spatial":
+            flat = view.flatten(1, 2)
+            ref = flat.mean(dim=1, keepdim=True), flat.max(dim=1, keepdim=True).values
+        else:
+            pooled = view.transpose(1, 2) if axis == "channel" else view
+            ref = F.adaptive_avg_pool3d(pooled, 1), F.adaptive_max_pool3d(pooled, 1)
+        assert torch.equal(mean, ref[0]) and torch.equal(peak, ref[1]), axis
+        weights = torch.randn_like(mean), torch.randn_like(peak)
+        (mean * weights[0] + peak * weights[1]).sum().backward()
+        (ref[0] * weights[0] + ref[1] * weights[1]).sum().backward()
+        torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-6, atol=1e-7, msg=axis)
+    low = x.to(torch.bfloat16).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mean, peak = gate_mean_max(low, "time")
+    assert mean.dtype == peak.dtype == torch.float32
+    (mean.sum() + peak.sum()).backward()
+    assert low.grad.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="axis"):
+        gate_mean_max(x, "depth")
+
+
 def test_attention_output_stays_contiguous_for_several_images():
     """The attention's output is a contiguous [T, B, C, H, W] tensor for B > 1 too (its gated
     products keep the input's layout), so the next neuron reads it without a copy; float32 and

@@ -5,10 +5,15 @@ float32 speed (``mean`` converts its input first); the attention gates pool ever
 twice (mean and max) in each of their three gates. These C kernels read a bfloat16 tensor once
 and return both statistics in float32. Used only where :func:`models.kernels.backend.bf16_lib`
 holds; the float32 path keeps PyTorch's pooling, whose rounding the golden vectors pin.
+
+In training (:class:`GatePool`) the forward is PyTorch's pooling too, and the backward writes one
+gradient tensor for both statistics instead of one each, added together afterwards.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from .backend import bf16_lib, data_ptr, for_native
 
@@ -40,3 +45,71 @@ def col_mean_max(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     for_native(B * N, lambda lo, hi: lib.col_mean_max_bf16(data_ptr(x), data_ptr(mean), data_ptr(peak), R, N, lo, hi),
                unit=R)
     return mean, peak
+
+
+GATE_AXES = ("time", "channel", "spatial")
+
+
+class GatePool(torch.autograd.Function):
+    """Mean and max of the attention's ``[T, B, C, H, W]`` input as one of its gates pools it,
+    with one pass backward.
+
+    The gates see the ``[B, T, C, H, W]`` view and pool over ``(C, H, W)`` (``time``: mean and
+    max ``[B, T, 1, 1, 1]``), ``(T, H, W)`` (``channel``: ``[B, C, 1, 1, 1]``) or ``(T, C)``
+    (``spatial``: ``[B, 1, H, W]``). The forward values are those of the gates' own pooling
+    (the same PyTorch calls for the mean; the max is exact). PyTorch's backward writes a
+    full-size gradient for the mean, zero-fills and scatters another for the max, and autograd
+    adds them; here one tensor holds the mean's share and the max's gradient is added at the
+    first maximal element of each group (where adaptive max pooling and ``max`` put it).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, axis: str) -> tuple[torch.Tensor, torch.Tensor]:
+        T, B, C, H, W = x.shape
+        view, planes = x.transpose(0, 1), x.view(T, B, C, H * W)
+        if axis == "time":
+            mean = F.adaptive_avg_pool3d(view, 1)
+            peak, at = planes.view(T, B, -1).max(2)  # [T, B]
+            first = (torch.arange(T * B).view(T, B) * (C * H * W) + at).t()  # [B, T], as the peak
+            peak = peak.t()[..., None, None, None].to(mean.dtype)  # float32 under autocast, as adaptive pooling
+        elif axis == "channel":
+            mean = F.adaptive_avg_pool3d(view.transpose(1, 2), 1)
+            step_peak, step_at = planes.max(3)  # [T, B, C] over H*W, then over T
+            peak, t = step_peak.max(0)  # [B, C]
+            at = step_at.gather(0, t[None])[0]
+            b, c = torch.arange(B)[:, None], torch.arange(C)
+            first = ((t * B + b) * C + c) * (H * W) + at
+            peak = peak[..., None, None, None].to(mean.dtype)
+        elif axis == "spatial":
+            stacked = view.flatten(1, 2)  # [B, T*C, H, W], the gate's own copy
+            mean = stacked.mean(dim=1, keepdim=True)
+            peak, tc = stacked.max(dim=1, keepdim=True)
+            tc = tc.view(B, H * W)
+            b, hw = torch.arange(B)[:, None], torch.arange(H * W)
+            first = (((tc // C) * B + b) * C + tc % C) * (H * W) + hw
+        else:
+            raise ValueError(f"GatePool: axis must be one of {GATE_AXES}, got {axis!r}")
+        ctx.axis, ctx.shape, ctx.dtype = axis, x.shape, x.dtype
+        ctx.save_for_backward(first)
+        return mean, peak
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_mean: torch.Tensor, grad_peak: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (first,) = ctx.saved_tensors
+        T, B, C, H, W = ctx.shape
+        grad = grad_peak.new_empty(ctx.shape, dtype=ctx.dtype)
+        planes = grad.view(T, B, C, H * W)
+        if ctx.axis == "time":
+            planes.copy_((grad_mean.view(B, T).t() / (C * H * W))[..., None, None].expand_as(planes))
+        elif ctx.axis == "channel":
+            planes.copy_((grad_mean.view(B, C) / (T * H * W))[None, ..., None].expand_as(planes))
+        else:
+            planes.copy_((grad_mean.view(B, H * W) / (T * C))[None, :, None].expand_as(planes))
+        grad.view(-1).index_add_(0, first.reshape(-1), grad_peak.reshape(-1).to(grad.dtype))
+        return grad, None
+
+
+def gate_mean_max(x: torch.Tensor, axis: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """:class:`GatePool` of contiguous ``x`` ``[T, B, C, H, W]`` for the gate ``axis``."""
+    return GatePool.apply(x, axis)
