@@ -359,6 +359,9 @@ def test_gate_pool_is_the_gates_pooling_with_one_gradient():
     assert low.grad.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="axis"):
         gate_mean_max(x, "depth")
+    for axis in GATE_AXES:  # its index arithmetic stays on the input's device (CUDA training)
+        mean, peak = gate_mean_max(torch.empty(x.shape, device="meta"), axis)
+        assert mean.device.type == peak.device.type == "meta"
 
 
 def test_attention_output_stays_contiguous_for_several_images():

@@ -67,17 +67,18 @@ class GatePool(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, axis: str) -> tuple[torch.Tensor, torch.Tensor]:
         T, B, C, H, W = x.shape
         view, planes = x.transpose(0, 1), x.view(T, B, C, H * W)
+        index = dict(device=x.device)  # the groups' indices, on x's device
         if axis == "time":
             mean = F.adaptive_avg_pool3d(view, 1)
             peak, at = planes.view(T, B, -1).max(2)  # [T, B]
-            first = (torch.arange(T * B).view(T, B) * (C * H * W) + at).t()  # [B, T], as the peak
+            first = (torch.arange(T * B, **index).view(T, B) * (C * H * W) + at).t()  # [B, T], as the peak
             peak = peak.t()[..., None, None, None].to(mean.dtype)  # float32 under autocast, as adaptive pooling
         elif axis == "channel":
             mean = F.adaptive_avg_pool3d(view.transpose(1, 2), 1)
             step_peak, step_at = planes.max(3)  # [T, B, C] over H*W, then over T
             peak, t = step_peak.max(0)  # [B, C]
             at = step_at.gather(0, t[None])[0]
-            b, c = torch.arange(B)[:, None], torch.arange(C)
+            b, c = torch.arange(B, **index)[:, None], torch.arange(C, **index)
             first = ((t * B + b) * C + c) * (H * W) + at
             peak = peak[..., None, None, None].to(mean.dtype)
         elif axis == "spatial":
@@ -85,7 +86,7 @@ class GatePool(torch.autograd.Function):
             mean = stacked.mean(dim=1, keepdim=True)
             peak, tc = stacked.max(dim=1, keepdim=True)
             tc = tc.view(B, H * W)
-            b, hw = torch.arange(B)[:, None], torch.arange(H * W)
+            b, hw = torch.arange(B, **index)[:, None], torch.arange(H * W, **index)
             first = (((tc // C) * B + b) * C + tc % C) * (H * W) + hw
         else:
             raise ValueError(f"GatePool: axis must be one of {GATE_AXES}, got {axis!r}")
