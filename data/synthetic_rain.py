@@ -278,10 +278,10 @@ def make_demo_dataset(root: str | os.PathLike, seed: int = 0,
 
 def demo_pair(size: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(clean, rainy) uint8 RGB ``size x size``: scikit-image's "chelsea" photo, centre square,
-    with the "heavy" synthetic rain of :mod:`data.synthetic_rain` (seeded)."""
+    with the "medium" rain of :mod:`data.rain` (seeded): the tools' ``--demo`` input."""
     photo = load_photo("chelsea")
     h, w = photo.shape[:2]
     s = min(h, w)
     square = photo[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
     clean = cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA)
-    return clean, add_rain(clean, "heavy", rng=np.random.default_rng(seed))
+    return clean, add_rain(clean, "medium", rng=np.random.default_rng(seed))

@@ -21,10 +21,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                      model_save_dir="checkpoints/rain1200", use_refinement=False),
     # The committed demo weights (pretrained_models/README.md): a tiny VLIFNet trained on the
     # synthetic rain of data/rain.py. Not the released recipe: small patches and batches, a
-    # higher learning rate without warm-up, L1 loss and flips, validation every 10 epochs on
-    # the demo set's validation split (never its test split), which picks best.pth. Without
-    # --train_dir / --val_dir the demo set is built under DEMO_DATA_ROOT.
+    # higher learning rate without warm-up, a squared-error loss (what PSNR scores) and flips,
+    # validation every 10 epochs on the demo set's validation split (never its test split),
+    # which picks best.pth. Without --train_dir / --val_dir the demo set is built under
+    # DEMO_DATA_ROOT.
     "demo": dict(TINY_NETWORK, train_dir=None, val_dir=None, model_save_dir="results/demo/checkpoints",
                  patch_size_train=48, batch_size=8, num_epochs=150, lr=2e-3, min_lr=1e-5,
-                 warmup_epochs=0, loss="l1", flips=True, num_workers=0, val_epochs=10),
+                 warmup_epochs=0, loss="mse", flips=True, num_workers=0, val_epochs=10),
 }

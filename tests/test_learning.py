@@ -31,9 +31,11 @@ def _mean_input_psnr(folder: Path) -> float:
 def test_training_learns_to_remove_synthetic_rain(tmp_path):
     """Measured on the 2-core AMD EPYC machine: validation 20.7 dB after 12 steps and 23.4 dB
     after 48, against 20.3 dB for the rainy inputs: +3.1 dB, where the bound asks +2.0; a
-    network that does not learn stays at or below the inputs."""
-    train_dir = make_paired_dataset(tmp_path / "train", "train", "heavy", seed=0, size=(64, 64))
-    val_dir = make_paired_dataset(tmp_path / "val", "test", "heavy", seed=1, size=(64, 80))
+    network that does not learn stays at or below the inputs. The rain is the "medium" preset
+    (the "heavy" of those measurements); today's denser "heavy" gained only +2.15 dB in 48 steps
+    (Intel Xeon, 2026-12-07), too close to the bound for another CPU's rounding."""
+    train_dir = make_paired_dataset(tmp_path / "train", "train", "medium", seed=0, size=(64, 64))
+    val_dir = make_paired_dataset(tmp_path / "val", "test", "medium", seed=1, size=(64, 80))
     run = tmp_path / "run"
     rc = load_script("train").main([
         *TINY_NET_FLAGS, "--train_dir", str(train_dir), "--val_dir", str(val_dir), "--model_save_dir", str(run),

@@ -150,8 +150,9 @@ def test_demo_runs_without_arguments(tmp_path, monkeypatch, capsys):
     table = capsys.readouterr().out
     assert "rainy input" in table and "derained" in table and "matlab-y" in table
     means = json.loads((tmp_path / "results/demo/derained/metrics.json").read_text())["means"]
-    # measured: 25.95 against 19.71 dB (+6.2); the bound leaves room for other CPUs' rounding
-    assert means["derained"]["psnr_matlab-y"] > means["rainy input"]["psnr_matlab-y"] + 5.7
+    # issue 13's bar; measured 24.25 against 15.96 dB (+8.29, Intel Xeon); the weights before
+    # these scored the same 25.95 dB mean on the AMD EPYC and the Intel Xeon
+    assert means["derained"]["psnr_matlab-y"] > means["rainy input"]["psnr_matlab-y"] + 8.0
     assert (tmp_path / "results/demo/derained/compare_sheet.png").is_file()
     assert sorted(p.name for p in (tmp_path / "results/demo/derained/compare").iterdir()) == [
         "camera.png", "chelsea.png", "coins.png", "motorcycle.png"]

@@ -306,7 +306,7 @@ def test_presets_and_explicit_flags():
     assert args.lr == 2e-4 and args.batch_size == 3 and args.num_epochs == 1000 and args.warmup_epochs == 3
     assert args.patch_size_train == 64 and args.min_lr == 1e-7 and args.seed == 1234 and not args.flips
     demo = parse_train_args(["--preset", "demo", "--batch_size", "2"])
-    assert demo.dim == 16 and demo.batch_size == 2 and demo.loss == "l1"
+    assert demo.dim == 16 and demo.batch_size == 2 and demo.loss == "mse"
     saved = dict(vars(parse_train_args(["--preset", "demo"])), num_epochs=7, max_steps=3, train_dir="t")
     resumed = parse_train_args(["--resume", "r.pth", "--lr", "5e-4"], saved=saved)
     assert resumed.num_epochs == 7 and resumed.lr == 5e-4 and resumed.max_steps is None and resumed.dim == 16

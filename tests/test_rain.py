@@ -128,7 +128,7 @@ def test_heavy_rain_degrades_more_than_light():
             heavy = add_rain(img, "heavy", np.random.default_rng(seed))
             psnr_l, psnr_h = _psnr(light, img), _psnr(heavy, img)
             assert psnr_h + 8 < psnr_l
-            assert 25 < psnr_l < 36 and 13 < psnr_h < 21  # Rain200L-like and Rain200H-like ranges
+            assert 25 < psnr_l < 36 and 10 < psnr_h < 19  # Rain200L-like and Rain100H/Rain200H-like ranges
             assert 0.05 < np.mean((light != img).any(axis=2)) < 0.3  # light: sparse streaks
 
 

@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--input", type=str, help="image file (RGB, scaled to [0, 1])")
     src.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="random image of this size")
     src.add_argument("--demo", type=int, nargs="?", const=256, metavar="SIDE",
-                     help="built-in photo with synthetic heavy rain, SIDE x SIDE (default 256)")
+                     help="built-in photo with synthetic 'medium' rain, SIDE x SIDE (default 256)")
     p.add_argument("--batch_stats", action=argparse.BooleanOptionalAction, default=False,
                    help="normalise with batch statistics (train-mode tdBN) instead of running ones; "
                    "random weights are nearly silent in eval mode, their running statistics being the "

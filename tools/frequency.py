@@ -213,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.frequency", description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", type=str, help="rainy image (RGB)")
-    src.add_argument("--demo", action="store_true", help="built-in photo with synthetic heavy rain")
+    src.add_argument("--demo", action="store_true", help="built-in photo with synthetic 'medium' rain")
     p.add_argument("--clean", type=str, default=None, help="clean image of --input, for the rain mask")
     p.add_argument("--channels", choices=("grey", "rgb"), default="grey", help="luma, or every RGB channel")
     p.add_argument("--gain", type=float, default=1.0, help="neuron input = standardised image x gain")
