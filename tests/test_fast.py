@@ -23,14 +23,19 @@ pytestmark = pytest.mark.exactness
 
 GOLDEN64 = Path(__file__).parent / "data" / "golden64"
 GOLDEN_FILES = ["vlifnet_small_f64.pt", "vlifnet_small_refine_f64.pt", "esdnet_small_f64.pt"]
-BACKENDS = ["torch"] + (["native"] if native.load() is not None else [])
+BACKENDS = ["torch"] + (["native", "native-python-threads"] if native.load() is not None else [])
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request, monkeypatch):
     """Each kernel backend, with chunks small enough that the odd test sizes span several
-    chunks and threads (the production chunk is far larger than these tensors)."""
+    chunks and threads (the production chunk is far larger than these tensors). The native
+    kernels run a call's parts on OpenMP threads where they were built with it, and
+    ``native-python-threads`` runs them one call per part on Python threads (their fallback)."""
     monkeypatch.setattr(kernel_backend, "CPU_CHUNK", 64)
+    if request.param == "native-python-threads":
+        monkeypatch.setattr(native, "_parallel", False)
+        return "native"
     return request.param
 
 
@@ -239,6 +244,7 @@ def test_lif_fallback_is_logged_once(caplog):
 def test_native_build_failure_falls_back(monkeypatch):
     monkeypatch.setattr(native, "_lib", None)
     monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setattr(native, "_parallel", native._parallel)  # restored afterwards with the others
     monkeypatch.setattr(native, "_build", lambda: (_ for _ in ()).throw(RuntimeError("no cc")))
     x = _nilif_input()
     assert torch.equal(kernels.ni_lif(x), ni_lif_reference(x))
@@ -706,3 +712,64 @@ def test_conv_floor_replays_exactly_the_recorded_convolutions(tiny_config):
         h.remove()
     assert len(counted) == 2 * len(calls)
     assert all(p.grad is None for p in net.parameters())
+
+
+@pytest.mark.skipif(native.load() is None, reason="no C compiler: nothing native to split")
+def test_native_kernels_give_the_same_bits_however_a_call_is_split(monkeypatch):
+    """Every native kernel, split into three parts per call, gives the same bits on OpenMP
+    threads as one call per part on Python threads (the fallback), and the same as one part,
+    except the mix's scalar gradients, whose per-part float64 sums are added in another order."""
+    from models.kernels.mixing import sdem_mix_float32
+    from models.kernels.pooling import col_mean_max, row_mean_max
+
+    torch.manual_seed(3)
+    x = torch.randn(4, 2, 3, 10, 12) * 2
+    spikes = (torch.randint(0, 5, (3, 4, 10, 12)) / 4).float()
+    pooled = torch.randn(3, 40, 70).to(torch.bfloat16)
+    high = torch.tensor([0.8], requires_grad=True)
+
+    def fwd_bwd(fn, inp: torch.Tensor) -> list[torch.Tensor]:
+        leaf = inp.clone().requires_grad_(True)
+        y = fn(leaf)
+        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(5)))
+        return [y.detach(), leaf.grad]
+
+    def run() -> tuple[list[torch.Tensor], torch.Tensor]:
+        high.grad = None
+        out = fwd_bwd(kernels.ni_lif, x) + fwd_bwd(lambda v: kernels.vlif_spikes(v, 2), x)
+        out += fwd_bwd(lambda v: kernels.lif_multi_step(v, torch.zeros(v.shape[1:]), 2.0, 0.15, 4.0)[0], x)
+        out += fwd_bwd(lambda v: sdem_mix_float32(v, v.round(), high, torch.tensor([1.3])), x)
+        out += fwd_bwd(lambda v: kernels.upsample_spikes(v, (20, 24)), spikes)
+        with torch.inference_mode():
+            out += [*row_mean_max(pooled), *col_mean_max(pooled), kernels.ni_lif(x.to(torch.bfloat16))]
+        return out, high.grad.clone()
+
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(kernel_backend, "CPU_CHUNK", 64)
+    try:
+        torch.set_num_threads(1)
+        one_part, scalar_one = run()
+        torch.set_num_threads(3)
+        on_openmp, scalar_openmp = run()
+        monkeypatch.setattr(native, "_parallel", False)
+        on_python_threads, scalar_python = run()
+    finally:
+        torch.set_num_threads(threads)
+    assert len(one_part) == 15
+    for a, b, c in zip(one_part, on_openmp, on_python_threads):
+        assert torch.equal(b, c)
+        assert torch.equal(a, b)
+    assert torch.equal(scalar_openmp, scalar_python)
+    torch.testing.assert_close(scalar_openmp, scalar_one, rtol=1e-6, atol=0)
+
+
+def test_native_kernels_share_pytorchs_openmp_runtime():
+    """Built with OpenMP, the kernels link to libgomp by name and so find the runtime PyTorch
+    loaded: one OpenMP runtime in the process, and the kernels run their parts on it."""
+    lib = native.load()
+    if lib is None or not lib.kernels_openmp():
+        pytest.skip("the native kernels were built without OpenMP here")
+    if "OpenMP" not in torch.__config__.parallel_info():
+        pytest.skip("this PyTorch does not run on OpenMP")
+    assert len(native._openmp_runtimes()) == 1
+    assert native.parallel()

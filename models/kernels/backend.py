@@ -5,10 +5,12 @@ Two backends compute the same step loops; every kernel takes ``backend`` (:data:
 :mod:`models.kernels.native`) that walk all steps of a block of 64 elements in registers;
 ``torch``: the same loops as in-place PyTorch operations on cache-sized chunks (CPU without a
 C compiler, CUDA, dtypes other than float32). On CPU the element range is split over
-``torch.get_num_threads()`` threads with a single join per call.
+``torch.get_num_threads()`` threads with a single join per call: the native kernels run their
+parts on PyTorch's own OpenMP threads (:func:`for_native`), the torch backend on Python threads.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -124,10 +126,22 @@ def for_torch_chunks(n: int, device: torch.device, body: Callable[[slice], None]
     _run_parallel(_split(n, CPU_CHUNK, CPU_CHUNK), run)
 
 
-def for_native(n: int, call: Callable[[int, int], None], unit: int = 1, align: int = 64) -> None:
-    """native backend: ``call(lo, hi)`` over ranges of ``[0, n)``, one per thread; ``unit`` is
-    the number of elements an index stands for (a thread gets at least CPU_CHUNK elements)."""
-    _run_parallel(_split(n, align, -(-CPU_CHUNK // max(unit, 1))), lambda rng: call(*rng))
+def for_native(n: int, call: Callable[[int, int, int], None], unit: int = 1, align: int = 64) -> None:
+    """native backend: ``call(parts, count, first)`` runs a kernel on ``count`` parts of ``[0, n)``,
+    from part ``first`` on; ``parts`` is the address of their int64 bounds (``csrc/parts.h``).
+
+    ``[0, n)`` is cut into one part per thread (at least CPU_CHUNK elements each; ``unit`` is the
+    number of elements an index stands for). Where the kernels run their parts on PyTorch's OpenMP
+    threads (:func:`native.parallel`), that is one call; otherwise each part is a call of its own
+    on a Python thread. The parts are the same either way, so are the results.
+    """
+    ranges = _split(n, align, -(-CPU_CHUNK // max(unit, 1)))
+    bounds = (ctypes.c_int64 * (2 * len(ranges)))(*(b for rng in ranges for b in rng))
+    address = ctypes.addressof(bounds)
+    if len(ranges) == 1 or native.parallel():
+        call(address, len(ranges), 0)
+    else:
+        _run_parallel(list(range(len(ranges))), lambda k: call(address + 16 * k, 1, k))
 
 
 def data_ptr(t: torch.Tensor | None) -> int | None:

@@ -35,9 +35,9 @@ def lif_forward(
     lib = native_lib(backend, x, bf16=True) if v0.dtype == torch.float32 else None
     if lib is not None:
         kernel = native_kernel(lib, "lif_forward", x.dtype)
-        for_native(N, lambda lo, hi: kernel(
+        for_native(N, lambda parts, count, _: kernel(
             data_ptr(x), data_ptr(v0), data_ptr(spikes), data_ptr(charged) if keep_h else None, data_ptr(v_out),
-            L, N, lo, hi, tau, v_th))
+            L, N, parts, count, tau, v_th))
         return spikes, charged, v_out
 
     def body(c: slice) -> None:
@@ -72,8 +72,8 @@ def lif_backward(grad_s: torch.Tensor, h: torch.Tensor, tau: float, v_th: float,
     grad_x = torch.empty_like(grad_s)
     lib = native_lib(backend, grad_s)
     if lib is not None:
-        for_native(N, lambda lo, hi: lib.lif_backward(
-            data_ptr(grad_s), data_ptr(h), data_ptr(grad_x), L, N, lo, hi, tau, v_th, alpha))
+        for_native(N, lambda parts, count, _: lib.lif_backward(
+            data_ptr(grad_s), data_ptr(h), data_ptr(grad_x), L, N, parts, count, tau, v_th, alpha))
         return grad_x
 
     def body(c: slice) -> None:

@@ -34,7 +34,8 @@ def sdem_mix_forward(u: torch.Tensor, h: torch.Tensor, high: float, low: float) 
     (float32 arithmetic in both)."""
     kernel = native_kernel(native_lib("native", u, h, bf16=True), "sdem_mix", u.dtype)
     out = torch.empty_like(u)
-    for_native(u.numel(), lambda lo, hi: kernel(data_ptr(u), data_ptr(h), data_ptr(out), high, low, lo, hi))
+    for_native(u.numel(), lambda parts, count, _: kernel(
+        data_ptr(u), data_ptr(h), data_ptr(out), high, low, parts, count))
     return out
 
 
@@ -49,15 +50,11 @@ def sdem_mix_backward(grad: torch.Tensor, u: torch.Tensor, h: torch.Tensor, high
     """``dL/du``, ``dL/dh`` and float64 ``[dL/dhigh, dL/dlow]`` of the mix from ``dL/dout``."""
     lib = native_lib("native", grad, u, h)
     grad_u, grad_h = torch.empty_like(u), torch.empty_like(h)
-    parts: dict[int, torch.Tensor] = {}  # per range, summed below in a fixed order
-
-    def call(lo: int, hi: int) -> None:
-        sums = parts[lo] = torch.empty(2, dtype=torch.float64)
-        lib.sdem_mix_backward(data_ptr(grad), data_ptr(u), data_ptr(h), data_ptr(grad_u), data_ptr(grad_h),
-                              data_ptr(sums), high, low, lo, hi)
-
-    for_native(u.numel(), call)
-    return grad_u, grad_h, torch.stack([parts[lo] for lo in sorted(parts)]).sum(0)
+    sums = torch.zeros(torch.get_num_threads(), 2, dtype=torch.float64)  # per part, summed below in order
+    for_native(u.numel(), lambda parts, count, first: lib.sdem_mix_backward(
+        data_ptr(grad), data_ptr(u), data_ptr(h), data_ptr(grad_u), data_ptr(grad_h), data_ptr(sums[first]),
+        high, low, parts, count))
+    return grad_u, grad_h, sums.sum(0)
 
 
 @sdem_mix_backward.register_fake

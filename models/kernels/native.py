@@ -1,10 +1,12 @@
 """Build and load the C kernels of :mod:`models.kernels` (``models/kernels/csrc``) with ctypes.
 
 The two small C files are compiled once per machine with the system C compiler (``$CC`` or
-``cc``; about a second) into a shared library cached under ``$SPIKING_DERAIN_CACHE`` (default
-``~/.cache/spiking_derain``), keyed by the sources, the flags, the compiler and the CPU. No
-PyTorch headers and no build tools beyond the compiler are needed. Where no compiler works,
-:func:`load` returns ``None`` and the callers use PyTorch operations instead.
+``cc``; about a second), with OpenMP where the compiler has it, into a shared library cached
+under ``$SPIKING_DERAIN_CACHE`` (default ``~/.cache/spiking_derain``), keyed by the sources, the
+flags, the compiler and the CPU. No PyTorch headers and no build tools beyond the compiler are
+needed. Where no compiler works, :func:`load` returns ``None`` and the callers use PyTorch
+operations instead. The library links to ``libgomp.so.1`` by name, so inside PyTorch it finds
+the OpenMP runtime PyTorch loaded and runs its parallel parts on PyTorch's threads.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import hashlib
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -27,20 +30,21 @@ _EXACT = ("spiking_exact.c", ["-O3", "-ffp-contract=off"])
 _GRAD = ("spiking_grad.c", ["-O3", "-ffast-math"])
 
 _P, _I64, _F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+_PARTS = [_P, _I64]  # the bounds of a call's parts and their number (csrc/parts.h)
 _SIGNATURES = {
-    "nilif_forward": [_P, _P, _P, _I64, _I64, _I64, _I64],
-    "nilif_backward": [_P, _P, _P, _I64, _I64, _I64, _I64],
-    "lif_forward": [_P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _F32, _F32],
-    "lif_backward": [_P, _P, _P, _I64, _I64, _I64, _I64, _F32, _F32, _F32],
-    "vlif_forward": [_P, _P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _I64],
-    "vlif_backward": [_P, _P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _I64],
-    "upsample2x_bilinear": [_P, _P, _I64, _I64, _I64, _I64],
-    "upsample2x_bilinear_backward": [_P, _P, _I64, _I64, _I64, _I64],
-    "row_mean_max_bf16": [_P, _P, _P, _I64, _I64, _I64],
-    "col_mean_max_bf16": [_P, _P, _P, _I64, _I64, _I64, _I64],
-    "sdem_mix_bf16": [_P, _P, _P, _F32, _F32, _I64, _I64],
-    "sdem_mix": [_P, _P, _P, _F32, _F32, _I64, _I64],
-    "sdem_mix_backward": [_P, _P, _P, _P, _P, _P, _F32, _F32, _I64, _I64],
+    "nilif_forward": [_P, _P, _P, _I64, _I64, *_PARTS],
+    "nilif_backward": [_P, _P, _P, _I64, _I64, *_PARTS],
+    "lif_forward": [_P, _P, _P, _P, _P, _I64, _I64, *_PARTS, _F32, _F32],
+    "lif_backward": [_P, _P, _P, _I64, _I64, *_PARTS, _F32, _F32, _F32],
+    "vlif_forward": [_P, _P, _P, _I64, _I64, _I64, _I64, _I64, *_PARTS],
+    "vlif_backward": [_P, _P, _P, _I64, _I64, _I64, _I64, _I64, *_PARTS],
+    "upsample2x_bilinear": [_P, _P, _I64, _I64, *_PARTS],
+    "upsample2x_bilinear_backward": [_P, _P, _I64, _I64, *_PARTS],
+    "row_mean_max_bf16": [_P, _P, _P, _I64, *_PARTS],
+    "col_mean_max_bf16": [_P, _P, _P, _I64, _I64, *_PARTS],
+    "sdem_mix_bf16": [_P, _P, _P, _F32, _F32, *_PARTS],
+    "sdem_mix": [_P, _P, _P, _F32, _F32, *_PARTS],
+    "sdem_mix_backward": [_P, _P, _P, _P, _P, _P, _F32, _F32, *_PARTS],
 }
 # the forward kernels' bfloat16 instances (csrc/forward.h): same arguments
 _SIGNATURES.update({name + "_bf16": _SIGNATURES[name]
@@ -48,6 +52,7 @@ _SIGNATURES.update({name + "_bf16": _SIGNATURES[name]
 
 _lib: ctypes.CDLL | None = None
 _tried = False
+_parallel = False
 
 
 def _cpu_signature() -> str:
@@ -71,16 +76,17 @@ def _cache_dir() -> Path:
         return path
 
 
-def _compile(cc: str, arch: list[str], out: Path) -> None:
+def _compile(cc: str, flags: list[str], out: Path) -> None:
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         objects = []
-        for name, flags in (_EXACT, _GRAD):
+        for name, own in (_EXACT, _GRAD):
             obj = Path(tmp) / (name + ".o")
-            subprocess.run([cc, *flags, *arch, "-fPIC", "-c", str(_SRC / name), "-o", str(obj)],
+            subprocess.run([cc, *own, *flags, "-fPIC", "-c", str(_SRC / name), "-o", str(obj)],
                            check=True, capture_output=True, timeout=120)
             objects.append(str(obj))
         lib = Path(tmp) / out.name
-        subprocess.run([cc, "-shared", *objects, "-o", str(lib), "-lm"], check=True, capture_output=True, timeout=120)
+        subprocess.run([cc, "-shared", *flags, *objects, "-o", str(lib), "-lm"], check=True, capture_output=True,
+                       timeout=120)
         os.replace(lib, out)  # atomic: concurrent processes never load a half-written file
 
 
@@ -91,14 +97,14 @@ def _build() -> ctypes.CDLL:
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     sources = b"".join(p.read_bytes() for p in sorted(_SRC.glob("*.[ch]")))  # headers too
     errors = []
-    for arch in (["-march=native"], []):
+    for flags in (["-march=native", "-fopenmp"], ["-march=native"], ["-fopenmp"], []):
         key = hashlib.sha256(
-            sources + repr((_EXACT[1], _GRAD[1], arch, version, _cpu_signature(), platform.platform())).encode()
+            sources + repr((_EXACT[1], _GRAD[1], flags, version, _cpu_signature(), platform.platform())).encode()
         ).hexdigest()[:16]
         path = _cache_dir() / f"spiking_kernels_{key}.so"
         try:
             if not path.exists():
-                _compile(cc, arch, path)
+                _compile(cc, flags, path)
             lib = ctypes.CDLL(str(path))
         except (OSError, subprocess.SubprocessError) as err:
             errors.append(getattr(err, "stderr", None) or err)
@@ -106,13 +112,24 @@ def _build() -> ctypes.CDLL:
         for name, argtypes in _SIGNATURES.items():
             fn = getattr(lib, name)
             fn.argtypes, fn.restype = argtypes, None
+        lib.kernels_openmp.restype = ctypes.c_int
         return lib
     raise RuntimeError(f"compiling the spiking kernels failed: {errors[-1]!r}")
 
 
+def _openmp_runtimes() -> set[str]:
+    """Paths of the OpenMP runtimes mapped into this process (empty where that cannot be read)."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "/" in line}
+    except OSError:
+        return set()
+    return {p for p in paths if re.match(r"lib[gi]?omp\d*[.-]", p.rsplit("/", 1)[-1])}  # libgomp, libiomp5, libomp
+
+
 def load() -> ctypes.CDLL | None:
     """The compiled kernels, building them on first use; ``None`` where that is impossible."""
-    global _lib, _tried
+    global _lib, _tried, _parallel
     if not _tried:
         _tried = True
         try:
@@ -120,4 +137,13 @@ def load() -> ctypes.CDLL | None:
         except Exception as err:  # no compiler, read-only cache, exotic platform: stay exact in torch
             log.warning("native spiking kernels unavailable (%s); using PyTorch operations", err)
             _lib = None
+        # the kernels run a call's parts on OpenMP threads only where they share PyTorch's runtime
+        _parallel = _lib is not None and bool(_lib.kernels_openmp()) and len(_openmp_runtimes()) == 1
     return _lib
+
+
+def parallel() -> bool:
+    """Whether the loaded kernels run the parts of a call on PyTorch's OpenMP threads themselves
+    (built with OpenMP, and the process holds one OpenMP runtime: the one PyTorch loaded)."""
+    load()
+    return _parallel

@@ -33,7 +33,7 @@ def nilif_forward(x: torch.Tensor, with_mask: bool, backend: str) -> tuple[torch
     if lib is not None:
         mask_ptr = data_ptr(mask) if with_mask else None
         kernel = native_kernel(lib, "nilif_forward", x.dtype)
-        for_native(N, lambda lo, hi: kernel(data_ptr(x), data_ptr(spikes), mask_ptr, L, N, lo, hi))
+        for_native(N, lambda parts, count, _: kernel(data_ptr(x), data_ptr(spikes), mask_ptr, L, N, parts, count))
         return spikes, mask
 
     def body(c: slice) -> None:
@@ -64,7 +64,8 @@ def nilif_backward(grad_s: torch.Tensor, mask: torch.Tensor, backend: str) -> to
     grad_x = torch.empty_like(grad_s)
     lib = native_lib(backend, grad_s)
     if lib is not None:
-        for_native(N, lambda lo, hi: lib.nilif_backward(data_ptr(grad_s), data_ptr(mask), data_ptr(grad_x), L, N, lo, hi))
+        for_native(N, lambda parts, count, _: lib.nilif_backward(
+            data_ptr(grad_s), data_ptr(mask), data_ptr(grad_x), L, N, parts, count))
         return grad_x
 
     def body(c: slice) -> None:
@@ -138,8 +139,8 @@ def vlif_forward(x_seq: torch.Tensor, r: int, with_mask: bool, backend: str) -> 
     mask = torch.empty(spikes.shape if with_mask else (0,), dtype=torch.bool)
     mask_ptr = data_ptr(mask) if with_mask else None
     kernel = native_kernel(lib, "vlif_forward", x.dtype)
-    for_native(B * C * h, lambda lo, hi: kernel(
-        data_ptr(x), data_ptr(spikes), mask_ptr, T, B * C, H, W, r, lo, hi), unit=w * T * r * r, align=1)
+    for_native(B * C * h, lambda parts, count, _: kernel(
+        data_ptr(x), data_ptr(spikes), mask_ptr, T, B * C, H, W, r, parts, count), unit=w * T * r * r, align=1)
     return spikes, mask
 
 
@@ -165,8 +166,9 @@ def vlif_backward(grad_y: torch.Tensor, mask: torch.Tensor, shape: list[int], r:
         g = g.view(T, r * r, B, C, h, w).permute(0, 2, 3, 1, 4, 5)  # [T, B, C, r*r, h, w]
         return F.pixel_shuffle(g.reshape(T * B, C * r * r, h, w), r).reshape(shape)  # [T, B, C, H, W]
     grad_x = grad_y.new_empty(shape)
-    for_native(B * C * h, lambda lo, hi: lib.vlif_backward(
-        data_ptr(grad_y), data_ptr(mask), data_ptr(grad_x), T, B * C, H, W, r, lo, hi), unit=w * T * r * r, align=1)
+    for_native(B * C * h, lambda parts, count, _: lib.vlif_backward(
+        data_ptr(grad_y), data_ptr(mask), data_ptr(grad_x), T, B * C, H, W, r, parts, count),
+        unit=w * T * r * r, align=1)
     return grad_x
 
 
@@ -213,7 +215,8 @@ def _native_resize(t: torch.Tensor, up: bool) -> torch.Tensor:
     h, w = (H, W) if up else (H // 2, W // 2)
     out = t.new_empty(N, C, 2 * h, 2 * w) if up else t.new_empty(N, C, h, w)
     kernel = native_kernel(lib, "upsample2x_bilinear", t.dtype) if up else lib.upsample2x_bilinear_backward
-    for_native(N * C, lambda lo, hi: kernel(data_ptr(t), data_ptr(out), h, w, lo, hi), unit=4 * h * w, align=1)
+    for_native(N * C, lambda parts, count, _: kernel(data_ptr(t), data_ptr(out), h, w, parts, count),
+               unit=4 * h * w, align=1)
     return out
 
 

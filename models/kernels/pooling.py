@@ -28,8 +28,8 @@ def row_mean_max(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     R = x.numel() // N
     mean = torch.empty(x.shape[:-1], dtype=torch.float32)
     peak = torch.empty_like(mean)
-    for_native(R, lambda lo, hi: lib.row_mean_max_bf16(data_ptr(x), data_ptr(mean), data_ptr(peak), N, lo, hi),
-               unit=N, align=1)
+    for_native(R, lambda parts, count, _: lib.row_mean_max_bf16(
+        data_ptr(x), data_ptr(mean), data_ptr(peak), N, parts, count), unit=N, align=1)
     return mean, peak
 
 
@@ -42,8 +42,8 @@ def col_mean_max(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     B, R, N = x.shape
     mean = torch.empty(B, N, dtype=torch.float32)
     peak = torch.empty_like(mean)
-    for_native(B * N, lambda lo, hi: lib.col_mean_max_bf16(data_ptr(x), data_ptr(mean), data_ptr(peak), R, N, lo, hi),
-               unit=R)
+    for_native(B * N, lambda parts, count, _: lib.col_mean_max_bf16(
+        data_ptr(x), data_ptr(mean), data_ptr(peak), R, N, parts, count), unit=R)
     return mean, peak
 
 

@@ -9,7 +9,7 @@
 
 /* NI-LIF forward: s_t = round(clamp(m_t, 0, 4)) / 4, m_t = (m_{t-1} - s_{t-1}) * 0.25 + x_t.
  * mask (may be NULL) receives 0 <= m_t <= 4 for the backward. */
-void KNAME(nilif_forward)(const KT *x, KT *s, uint8_t *mask, int64_t L, int64_t N, int64_t lo, int64_t hi)
+static void KNAME(nilif_forward_part)(const KT *x, KT *s, uint8_t *mask, int64_t L, int64_t N, int64_t lo, int64_t hi)
 {
     float m[BLOCK], sp[BLOCK];
     for (int64_t n0 = lo; n0 < hi; n0 += BLOCK) {
@@ -37,8 +37,8 @@ void KNAME(nilif_forward)(const KT *x, KT *s, uint8_t *mask, int64_t L, int64_t 
 /* LIF forward as spikingjelly 2.0.0 computes it (decay_input=False, hard reset to 0):
  * h = v - (v - 0) / tau + x; s = h >= v_th; v = s * 0 + (1 - s) * h.
  * h_out (may be NULL) keeps the charged membranes for the backward. */
-void KNAME(lif_forward)(const KT *x, const float *v0, KT *s, float *h_out, float *v_out, int64_t L, int64_t N,
-                        int64_t lo, int64_t hi, float tau, float v_th)
+static void KNAME(lif_forward_part)(const KT *x, const float *v0, KT *s, float *h_out, float *v_out, int64_t L,
+                                    int64_t N, int64_t lo, int64_t hi, float tau, float v_th)
 {
     float v[BLOCK];
     for (int64_t n0 = lo; n0 < hi; n0 += BLOCK) {
@@ -68,8 +68,8 @@ void KNAME(lif_forward)(const KT *x, const float *v0, KT *s, float *h_out, float
  * is the pixel-unshuffle layout [T*B, C*r*r, h, w] VLIF resizes. The NI-LIF sequence of the
  * half-resolution position (plane, y, x) walks l = t*r*r + i*r + j over the input pixels
  * x[t, plane, y*r + i, x*r + j]. Handles the half-resolution rows [lo, hi) of P*h. */
-void KNAME(vlif_forward)(const KT *x, KT *s, uint8_t *mask, int64_t T, int64_t P, int64_t H, int64_t W, int64_t r,
-                         int64_t lo, int64_t hi)
+static void KNAME(vlif_forward_part)(const KT *x, KT *s, uint8_t *mask, int64_t T, int64_t P, int64_t H, int64_t W,
+                                     int64_t r, int64_t lo, int64_t hi)
 {
     const int64_t h = H / r, w = W / r, rr = r * r;
     float m[BLOCK], sp[BLOCK];
@@ -105,7 +105,7 @@ void KNAME(vlif_forward)(const KT *x, KT *s, uint8_t *mask, int64_t T, int64_t P
  * is exact in float32 (weights 0, 1/4, 3/4, 1), so the result equals F.interpolate bit for
  * bit whatever its evaluation order. All four taps are always summed, as PyTorch does, so
  * NaN propagates identically. */
-void KNAME(upsample2x_bilinear)(const KT *in, KT *out, int64_t h, int64_t w, int64_t lo, int64_t hi)
+static void KNAME(upsample2x_bilinear_part)(const KT *in, KT *out, int64_t h, int64_t w, int64_t lo, int64_t hi)
 {
     const int64_t H = 2 * h, W = 2 * w;
     float row[w > 0 ? w : 1];
@@ -136,4 +136,31 @@ void KNAME(upsample2x_bilinear)(const KT *in, KT *out, int64_t h, int64_t w, int
             }
         }
     }
+}
+
+/* The entry points: the same functions over the parts of a call (parts.h). */
+void KNAME(nilif_forward)(const KT *x, KT *s, uint8_t *mask, int64_t L, int64_t N, PARTS)
+{
+    FOR_EACH_PART(k)
+        KNAME(nilif_forward_part)(x, s, mask, L, N, LO(k), HI(k));
+}
+
+void KNAME(lif_forward)(const KT *x, const float *v0, KT *s, float *h_out, float *v_out, int64_t L, int64_t N,
+                        PARTS, float tau, float v_th)
+{
+    FOR_EACH_PART(k)
+        KNAME(lif_forward_part)(x, v0, s, h_out, v_out, L, N, LO(k), HI(k), tau, v_th);
+}
+
+void KNAME(vlif_forward)(const KT *x, KT *s, uint8_t *mask, int64_t T, int64_t P, int64_t H, int64_t W, int64_t r,
+                         PARTS)
+{
+    FOR_EACH_PART(k)
+        KNAME(vlif_forward_part)(x, s, mask, T, P, H, W, r, LO(k), HI(k));
+}
+
+void KNAME(upsample2x_bilinear)(const KT *in, KT *out, int64_t h, int64_t w, PARTS)
+{
+    FOR_EACH_PART(k)
+        KNAME(upsample2x_bilinear_part)(in, out, h, w, LO(k), HI(k));
 }

@@ -2,8 +2,9 @@
  *
  * Compiled with -ffp-contract=off and without -ffast-math: every operation rounds exactly as
  * the reference PyTorch operations do, so spikes, membranes and NI-LIF gradients are
- * bit-identical. Tensors are row-major [L, N] float32 (step-major); a call handles the
- * columns [lo, hi) so that callers can split N over threads. Columns are processed in blocks
+ * bit-identical. Tensors are row-major [L, N] float32 (step-major); each function's serial
+ * body (suffix _part) handles the columns [lo, hi), and its entry point runs the parts of a call
+ * (parts.h) in parallel. Columns are processed in blocks
  * of BLOCK, whose state stays in registers / L1 for all steps. The forward kernels (forward.h)
  * also have bfloat16 instances (suffix _bf16) for mixed-precision inference: bfloat16 tensors in
  * and out, float32 arithmetic in between.
@@ -13,6 +14,7 @@
 #include <string.h>
 
 #include "bilinear.h"
+#include "parts.h"
 
 #define BLOCK 64
 
@@ -75,7 +77,7 @@ static inline float max_nan(float m, float v)
 
 /* Mean and max of each row [lo, hi) of x [R, N]: LANES running sums and maxima per row, each
  * block of LANES elements widened first (so that the compiler vectorises the three loops). */
-void row_mean_max_bf16(const bf16 *x, float *mean, float *max, int64_t N, int64_t lo, int64_t hi)
+static void row_mean_max_bf16_part(const bf16 *x, float *mean, float *max, int64_t N, int64_t lo, int64_t hi)
 {
     enum { LANES = 32 };
     for (int64_t r = lo; r < hi; ++r) {
@@ -109,7 +111,8 @@ void row_mean_max_bf16(const bf16 *x, float *mean, float *max, int64_t N, int64_
 }
 
 /* Mean and max over the R rows of x [B, R, N] for the columns [lo, hi) of the flattened [B, N]. */
-void col_mean_max_bf16(const bf16 *x, float *mean, float *max, int64_t R, int64_t N, int64_t lo, int64_t hi)
+static void col_mean_max_bf16_part(const bf16 *x, float *mean, float *max, int64_t R, int64_t N, int64_t lo,
+                                   int64_t hi)
 {
     for (int64_t c0 = lo; c0 < hi;) {
         const int64_t b = c0 / N, n0 = c0 % N;
@@ -134,7 +137,8 @@ void col_mean_max_bf16(const bf16 *x, float *mean, float *max, int64_t R, int64_
 
 /* SDEM's mixing in bfloat16 inference: out = high * h + low * (u - h) + u * h for the elements
  * [lo, hi), in float32 as PyTorch evaluates the expression on the widened inputs, rounded once. */
-void sdem_mix_bf16(const bf16 *u, const bf16 *h, bf16 *out, float high, float low, int64_t lo, int64_t hi)
+static void sdem_mix_bf16_part(const bf16 *u, const bf16 *h, bf16 *out, float high, float low, int64_t lo,
+                               int64_t hi)
 {
     for (int64_t i = lo; i < hi; ++i) {
         const float uv = bf16_to_float(u[i]), hv = bf16_to_float(h[i]);
@@ -144,7 +148,7 @@ void sdem_mix_bf16(const bf16 *u, const bf16 *h, bf16 *out, float high, float lo
 
 /* SDEM's mixing in float32: out = high * h + low * (u - h) + u * h for the elements
  * [lo, hi), evaluated as PyTorch evaluates the expression (no contraction): the same bits. */
-void sdem_mix(const float *u, const float *h, float *out, float high, float low, int64_t lo, int64_t hi)
+static void sdem_mix_part(const float *u, const float *h, float *out, float high, float low, int64_t lo, int64_t hi)
 {
     for (int64_t i = lo; i < hi; ++i) {
         const float uv = u[i], hv = h[i];
@@ -153,7 +157,8 @@ void sdem_mix(const float *u, const float *h, float *out, float high, float low,
 }
 
 /* NI-LIF backward: g_t = gs_t * mask_t / 4 + 0.25 * g_{t+1}; dL/dx_t = g_t. */
-void nilif_backward(const float *gs, const uint8_t *mask, float *gx, int64_t L, int64_t N, int64_t lo, int64_t hi)
+static void nilif_backward_part(const float *gs, const uint8_t *mask, float *gx, int64_t L, int64_t N, int64_t lo,
+                                int64_t hi)
 {
     float g[BLOCK];
     for (int64_t n0 = lo; n0 < hi; n0 += BLOCK) {
@@ -172,8 +177,8 @@ void nilif_backward(const float *gs, const uint8_t *mask, float *gx, int64_t L, 
 }
 
 /* Backward of vlif_forward: gs and mask in the spike layout, gx in the input layout. */
-void vlif_backward(const float *gs, const uint8_t *mask, float *gx, int64_t T, int64_t P, int64_t H, int64_t W,
-                   int64_t r, int64_t lo, int64_t hi)
+static void vlif_backward_part(const float *gs, const uint8_t *mask, float *gx, int64_t T, int64_t P, int64_t H,
+                               int64_t W, int64_t r, int64_t lo, int64_t hi)
 {
     const int64_t h = H / r, w = W / r, rr = r * r, L = T * rr;
     float g[BLOCK];
@@ -193,4 +198,52 @@ void vlif_backward(const float *gs, const uint8_t *mask, float *gx, int64_t T, i
             }
         }
     }
+}
+
+/* The entry points: the functions above over the parts of a call (parts.h). */
+void row_mean_max_bf16(const bf16 *x, float *mean, float *max, int64_t N, PARTS)
+{
+    FOR_EACH_PART(k)
+        row_mean_max_bf16_part(x, mean, max, N, LO(k), HI(k));
+}
+
+void col_mean_max_bf16(const bf16 *x, float *mean, float *max, int64_t R, int64_t N, PARTS)
+{
+    FOR_EACH_PART(k)
+        col_mean_max_bf16_part(x, mean, max, R, N, LO(k), HI(k));
+}
+
+void sdem_mix_bf16(const bf16 *u, const bf16 *h, bf16 *out, float high, float low, PARTS)
+{
+    FOR_EACH_PART(k)
+        sdem_mix_bf16_part(u, h, out, high, low, LO(k), HI(k));
+}
+
+void sdem_mix(const float *u, const float *h, float *out, float high, float low, PARTS)
+{
+    FOR_EACH_PART(k)
+        sdem_mix_part(u, h, out, high, low, LO(k), HI(k));
+}
+
+void nilif_backward(const float *gs, const uint8_t *mask, float *gx, int64_t L, int64_t N, PARTS)
+{
+    FOR_EACH_PART(k)
+        nilif_backward_part(gs, mask, gx, L, N, LO(k), HI(k));
+}
+
+void vlif_backward(const float *gs, const uint8_t *mask, float *gx, int64_t T, int64_t P, int64_t H, int64_t W,
+                   int64_t r, PARTS)
+{
+    FOR_EACH_PART(k)
+        vlif_backward_part(gs, mask, gx, T, P, H, W, r, LO(k), HI(k));
+}
+
+/* 1 where this library was built with OpenMP (its entry points run their parts in parallel). */
+int kernels_openmp(void)
+{
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
 }

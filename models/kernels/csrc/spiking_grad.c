@@ -9,11 +9,12 @@
 #include <stdint.h>
 
 #include "bilinear.h"
+#include "parts.h"
 
 #define BLOCK 64
 
-void lif_backward(const float *gs, const float *h, float *gx, int64_t L, int64_t N, int64_t lo, int64_t hi,
-                  float tau, float v_th, float alpha)
+static void lif_backward_part(const float *gs, const float *h, float *gx, int64_t L, int64_t N, int64_t lo,
+                              int64_t hi, float tau, float v_th, float alpha)
 {
     float carry[BLOCK];
     const float keep = 1.0f - 1.0f / tau;
@@ -62,7 +63,8 @@ static inline float adjoint_at(const float *g, int64_t k, int64_t size, int64_t 
 /* Adjoint of upsample2x_bilinear: gin [P, h, w] from gout [P, 2h, 2w], planes [lo, hi).
  * A gather, not a scatter: each input row first sums its (up to) four output rows, then each
  * input column its four output columns, with weights 1/4, 3/4, 3/4, 1/4 away from the edges. */
-void upsample2x_bilinear_backward(const float *gout, float *gin, int64_t h, int64_t w, int64_t lo, int64_t hi)
+static void upsample2x_bilinear_backward_part(const float *gout, float *gin, int64_t h, int64_t w, int64_t lo,
+                                              int64_t hi)
 {
     const int64_t H = 2 * h, W = 2 * w;
     float row[W > 0 ? W : 1];
@@ -91,8 +93,8 @@ void upsample2x_bilinear_backward(const float *gout, float *gin, int64_t h, int6
 /* SDEM's mixing out = high * h + low * (u - h) + u * h, backward for the elements [lo, hi):
  * dL/du = g (low + h), dL/dh = g (high - low + u), and the two scalars' partial sums
  * sums[0] = sum g h, sums[1] = sum g (u - h), accumulated in double. */
-void sdem_mix_backward(const float *g, const float *u, const float *h, float *gu, float *gh, double *sums,
-                       float high, float low, int64_t lo, int64_t hi)
+static void sdem_mix_backward_part(const float *g, const float *u, const float *h, float *gu, float *gh,
+                                   double *sums, float high, float low, int64_t lo, int64_t hi)
 {
     double s_high = 0.0, s_low = 0.0;
     for (int64_t i = lo; i < hi; ++i) {
@@ -104,4 +106,26 @@ void sdem_mix_backward(const float *g, const float *u, const float *h, float *gu
     }
     sums[0] = s_high;
     sums[1] = s_low;
+}
+
+/* The entry points: the functions above over the parts of a call (parts.h). */
+void lif_backward(const float *gs, const float *h, float *gx, int64_t L, int64_t N, PARTS, float tau, float v_th,
+                  float alpha)
+{
+    FOR_EACH_PART(k)
+        lif_backward_part(gs, h, gx, L, N, LO(k), HI(k), tau, v_th, alpha);
+}
+
+void upsample2x_bilinear_backward(const float *gout, float *gin, int64_t h, int64_t w, PARTS)
+{
+    FOR_EACH_PART(k)
+        upsample2x_bilinear_backward_part(gout, gin, h, w, LO(k), HI(k));
+}
+
+/* sums: [nparts, 2], the partial sums of each part. */
+void sdem_mix_backward(const float *g, const float *u, const float *h, float *gu, float *gh, double *sums,
+                       float high, float low, PARTS)
+{
+    FOR_EACH_PART(k)
+        sdem_mix_backward_part(g, u, h, gu, gh, sums + 2 * k, high, low, LO(k), HI(k));
 }
