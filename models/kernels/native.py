@@ -21,6 +21,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import torch
+
 log = logging.getLogger(__name__)
 
 _SRC = Path(__file__).with_name("csrc")
@@ -138,12 +140,14 @@ def load() -> ctypes.CDLL | None:
             log.warning("native spiking kernels unavailable (%s); using PyTorch operations", err)
             _lib = None
         # the kernels run a call's parts on OpenMP threads only where they share PyTorch's runtime
-        _parallel = _lib is not None and bool(_lib.kernels_openmp()) and len(_openmp_runtimes()) == 1
+        _parallel = (_lib is not None and bool(_lib.kernels_openmp()) and len(_openmp_runtimes()) == 1
+                     and "parallel backend: OpenMP" in torch.__config__.parallel_info())
     return _lib
 
 
 def parallel() -> bool:
     """Whether the loaded kernels run the parts of a call on PyTorch's OpenMP threads themselves
-    (built with OpenMP, and the process holds one OpenMP runtime: the one PyTorch loaded)."""
+    (built with OpenMP, PyTorch parallelises with OpenMP, and the process holds one OpenMP
+    runtime: the one PyTorch loaded, which the kernels' ``libgomp.so.1`` then resolved to)."""
     load()
     return _parallel
