@@ -93,7 +93,7 @@ def neuron_cases(device: torch.device, reps: int) -> list[Pair]:
     return cases
 
 
-def train_cases(device: torch.device, reps: int, quick: bool) -> list[Pair]:
+def train_cases(device: torch.device, reps: int) -> list[Pair]:
     """The training step: reference against fast, fp32 fast against bf16 fast, and the
     convolution floor of the fast step."""
     torch.manual_seed(0)
@@ -122,15 +122,15 @@ def train_cases(device: torch.device, reps: int, quick: bool) -> list[Pair]:
         return run
 
     what = f"VLIFNet dim 48 training step, batch {TRAIN_BATCH}, {TRAIN_SIZE}x{TRAIN_SIZE}"
-    # --quick warms up with a one-image step (same code paths, a twelfth of the time)
+    # every row warms up with a full step, --quick too: the first full-size step grows the heap
+    # (about 2 million page faults, a quarter of its time in the kernel; docs/speed.md), which a
+    # one-image warm-up left to the measured step
     cases = [Pair(
         "train_step_vlifnet", f"{what} (forward, 1-SSIM backward, AdamW step)",
-        step("reference"), step("fast"), reps, reset=reset,
-        warmup_reference=step("reference", 1) if quick else None, warmup_fast=step("fast", 1) if quick else None)]
+        step("reference"), step("fast"), reps, reset=reset)]
     cases.append(Pair(
         "train_step_vlifnet_bf16", f"{what}: fast fp32 (reference column) against fast under bf16 autocast",
-        step("fast"), step("fast", amp=True), reps, reset=reset,
-        warmup_reference=step("fast", 1) if quick else None, warmup_fast=step("fast", 1, True) if quick else None))
+        step("fast"), step("fast", amp=True), reps, reset=reset))
     reset()
     calls = record_convs(net, step("fast"))
     cases.append(Pair(
@@ -202,6 +202,6 @@ def all_cases(device: torch.device, quick: bool) -> dict[str, Callable[[], list[
     """Case groups by name, built lazily (a group allocates its model only when run)."""
     return {
         "neurons": lambda: neuron_cases(device, 5 if quick else 15),
-        "train": lambda: train_cases(device, 1 if quick else 3, quick),
+        "train": lambda: train_cases(device, 1 if quick else 3),
         "inference": lambda: inference_cases(device, 1 if quick else 2, quick),
     }
