@@ -4,8 +4,8 @@
  * the reference PyTorch operations do, so spikes, membranes and NI-LIF gradients are
  * bit-identical. Tensors are row-major [L, N] float32 (step-major); each function's serial
  * body (suffix _part) handles the columns [lo, hi), and its entry point runs the parts of a call
- * (parts.h) in parallel. Columns are processed in blocks
- * of BLOCK, whose state stays in registers / L1 for all steps. The forward kernels (forward.h)
+ * (parts.h) in parallel. Columns are processed in blocks of BLOCK, whose state stays in
+ * registers / L1 for all steps. The forward kernels (forward.h)
  * also have bfloat16 instances (suffix _bf16) for mixed-precision inference: bfloat16 tensors in
  * and out, float32 arithmetic in between.
  */
