@@ -201,7 +201,7 @@ class MultiDimensionalAttention(Switchable, layer.MultiDimensionalAttention):
             if attention is None:
                 continue
             if needs_grad(out) and out.is_contiguous() and hasattr(attention, "score"):
-                gate = attention.score(*gate_mean_max(out, axis))
+                gate = attention.score(*gate_mean_max(out, axis, self.kernel_backend))
             else:
                 gate = attention(out.transpose(0, 1))
             gate = gate.transpose(0, 1).contiguous()

@@ -370,6 +370,55 @@ def test_gate_pool_is_the_gates_pooling_with_one_gradient():
         assert mean.device.type == peak.device.type == "meta"
 
 
+def test_gate_maxima_are_torch_max_with_its_index(backend):
+    """The gates' maxima in training (:func:`max_first`, :func:`max_first_over_rows`) are
+    ``torch.max``'s values and indices on every backend: the first of tied maxima (ties within and
+    across the native kernel's chunks), the first NaN where there is one, rows of one element."""
+    from models.kernels.pooling import max_first, max_first_over_rows
+
+    torch.manual_seed(5)
+    for shape in [(3, 5), (7, 64), (5, 9000), (2, 3, 130), (6, 1), (1, 1)]:
+        x = (torch.rand(shape) * 2).round() / 2  # half the elements are maxima
+        x[..., -1] = 2.0  # a later, larger maximum in the last chunk
+        for case in ("ties", "nan", "-inf"):
+            if case == "nan":
+                x[..., shape[-1] // 2] = float("nan")
+                x[..., -1] = float("nan")
+            elif case == "-inf":
+                x.fill_(-float("inf"))
+            peak, at = max_first(x, backend)
+            ref = x.max(dim=-1)
+            assert torch.equal(peak.isnan(), ref.values.isnan()) and torch.equal(at, ref.indices), (shape, case)
+            assert torch.equal(peak.nan_to_num(), ref.values.nan_to_num()), (shape, case)
+    for shape in [(2, 5, 7), (3, 16, 700), (1, 1, 5), (2, 40, 64)]:
+        x = (torch.rand(shape) * 2).round() / 2
+        for case in ("ties", "nan"):
+            if case == "nan":
+                x[:, min(2, shape[1] - 1), ::3] = float("nan")
+                x[:, -1, ::2] = float("nan")
+            peak, at = max_first_over_rows(x, backend)
+            ref = x.max(dim=1)
+            assert torch.equal(peak.isnan(), ref.values.isnan()) and torch.equal(at, ref.indices), (shape, case)
+            assert torch.equal(peak.nan_to_num(), ref.values.nan_to_num()), (shape, case)
+
+
+def test_gate_pool_gives_the_same_bits_on_every_backend(backend):
+    """GatePool's statistics and its gradient do not depend on where its maxima come from."""
+    from models.kernels.pooling import GATE_AXES, gate_mean_max
+
+    torch.manual_seed(6)
+    x = (torch.rand(4, 3, 16, 9, 10) * 4).round() / 4
+    for axis in GATE_AXES:
+        grads = []
+        for b in (backend, "torch"):
+            xi = x.clone().requires_grad_()
+            mean, peak = gate_mean_max(xi, axis, b)
+            (mean * 3 + peak * torch.arange(peak.numel()).view(peak.shape)).sum().backward()
+            grads.append((mean, peak, xi.grad))
+        for a, b in zip(*grads):
+            assert torch.equal(a, b), axis
+
+
 def test_attention_output_stays_contiguous_for_several_images():
     """The attention's output is a contiguous [T, B, C, H, W] tensor for B > 1 too (its gated
     products keep the input's layout), so the next neuron reads it without a copy; float32 and

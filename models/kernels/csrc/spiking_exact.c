@@ -135,6 +135,90 @@ static void col_mean_max_bf16_part(const bf16 *x, float *mean, float *max, int64
     }
 }
 
+/* The attention gates' max with its index in training (models/kernels/pooling.py, GatePool): the
+ * values and the index torch.max(dim) gives, the first of tied maxima, the first NaN where there
+ * is one. Max is exact in any order, so each row is reduced in chunks of CHUNK elements with LANES
+ * vector maxima, and only the first chunk holding the row's maximum is searched for its index. */
+static void row_max_first_part(const float *x, float *peak, int64_t *at, int64_t N, int64_t lo, int64_t hi)
+{
+    enum { LANES = 64, CHUNK = 4096 };
+    for (int64_t r = lo; r < hi; ++r) {
+        const float *p = x + r * N;
+        float best = p[0];
+        int64_t start = 0, found = -1;
+        for (int64_t k = 0; k < N && found < 0; k += CHUNK) {
+            const int64_t nb = N - k < CHUNK ? N - k : CHUNK;
+            float m[LANES];
+            for (int j = 0; j < LANES; ++j)
+                m[j] = p[k];
+            int64_t i = 0;
+            for (; i + LANES <= nb; i += LANES)
+                for (int j = 0; j < LANES; ++j)
+                    m[j] = max_nan(m[j], p[k + i + j]);
+            for (int j = 0; i + j < nb; ++j)
+                m[j] = max_nan(m[j], p[k + i + j]);
+            float bm = m[0];
+            for (int j = 1; j < LANES; ++j)
+                bm = max_nan(bm, m[j]);
+            if (bm != bm) {  /* the first NaN is the result */
+                for (int64_t j = k;; ++j)
+                    if (p[j] != p[j]) {
+                        found = j;
+                        break;
+                    }
+            } else if (bm > best) {
+                best = bm;
+                start = k;
+            }
+        }
+        for (int64_t i = start; found < 0; i += LANES) {  /* the first block of LANES holding it */
+            const int64_t nb = N - i < LANES ? N - i : LANES;
+            int hit = 0;
+            for (int64_t j = 0; j < nb; ++j)
+                hit |= p[i + j] == best;
+            if (hit)
+                for (int64_t j = i;; ++j)
+                    if (p[j] == best) {
+                        found = j;
+                        break;
+                    }
+        }
+        peak[r] = p[found];
+        at[r] = found;
+    }
+}
+
+/* Max over dim 1 of x [B, R, N] with its index, for the columns [lo, hi) of the flattened [B, N]. */
+static void col_max_first_part(const float *x, float *peak, int64_t *at, int64_t R, int64_t N, int64_t lo,
+                               int64_t hi)
+{
+    enum { LANES = 512 };
+    for (int64_t c = lo; c < hi;) {
+        const int64_t b = c / N, n0 = c % N;
+        const int64_t n1 = (b + 1) * N < hi ? N : hi - b * N;
+        const int64_t nb = n1 - n0 < LANES ? n1 - n0 : LANES;
+        const float *p = x + b * R * N + n0;
+        float m[LANES];
+        int32_t a[LANES];
+        for (int64_t j = 0; j < nb; ++j) {
+            m[j] = p[j];
+            a[j] = 0;
+        }
+        for (int64_t r = 1; r < R; ++r)
+            for (int64_t j = 0; j < nb; ++j) {
+                const float v = p[r * N + j];
+                const int take = v > m[j] || (v != v && m[j] == m[j]);
+                m[j] = take ? v : m[j];
+                a[j] = take ? (int32_t)r : a[j];
+            }
+        for (int64_t j = 0; j < nb; ++j) {
+            peak[b * N + n0 + j] = m[j];
+            at[b * N + n0 + j] = a[j];
+        }
+        c = b * N + n0 + nb;
+    }
+}
+
 /* SDEM's mixing in bfloat16 inference: out = high * h + low * (u - h) + u * h for the elements
  * [lo, hi), in float32 as PyTorch evaluates the expression on the widened inputs, rounded once. */
 static void sdem_mix_bf16_part(const bf16 *u, const bf16 *h, bf16 *out, float high, float low, int64_t lo,
@@ -211,6 +295,18 @@ void col_mean_max_bf16(const bf16 *x, float *mean, float *max, int64_t R, int64_
 {
     FOR_EACH_PART(k)
         col_mean_max_bf16_part(x, mean, max, R, N, LO(k), HI(k));
+}
+
+void row_max_first(const float *x, float *peak, int64_t *at, int64_t N, PARTS)
+{
+    FOR_EACH_PART(k)
+        row_max_first_part(x, peak, at, N, LO(k), HI(k));
+}
+
+void col_max_first(const float *x, float *peak, int64_t *at, int64_t R, int64_t N, PARTS)
+{
+    FOR_EACH_PART(k)
+        col_max_first_part(x, peak, at, R, N, LO(k), HI(k));
 }
 
 void sdem_mix_bf16(const bf16 *u, const bf16 *h, bf16 *out, float high, float low, PARTS)
