@@ -15,6 +15,7 @@ from spikingjelly.activation_based import layer
 from .kernels import upsample_spikes
 from .kernels.backend import needs_grad, runs_bf16_natively
 from .kernels.common import LOW_PRECISION
+from .kernels.gating import gated_product
 from .kernels.pooling import GATE_AXES, col_mean_max, gate_mean_max, row_mean_max
 from .neurons import LIF_THRESHOLD, Switchable
 
@@ -205,7 +206,7 @@ class MultiDimensionalAttention(Switchable, layer.MultiDimensionalAttention):
             else:
                 gate = attention(out.transpose(0, 1))
             gate = gate.transpose(0, 1).contiguous()
-            out = gate * out if needs_grad(out) else out * gate
+            out = gated_product(gate, out, axis, self.kernel_backend) if needs_grad(out) else out * gate
         return self.relu(out)
 
 

@@ -419,6 +419,36 @@ def test_gate_pool_gives_the_same_bits_on_every_backend(backend):
             assert torch.equal(a, b), axis
 
 
+def test_gated_product_backward_is_autograds(backend):
+    """The attention's gated products in training (:func:`gated_product`): the product and the
+    activations' gradient bit for bit as autograd's ``gate * x``, the gate's gradient (float64
+    sums in another order) to float32 rounding, for the three gates, on every backend; float64 and
+    gates of other shapes take PyTorch's product."""
+    from models.kernels.gating import GATE_MODES, _gate_shape, gated_product
+
+    torch.manual_seed(7)
+    x0 = torch.randn(4, 3, 5, 7, 9)
+    grad = torch.randn(x0.shape)
+    for axis in GATE_MODES:
+        results = []
+        for fast in (True, False):
+            x = x0.clone().requires_grad_()
+            gate = torch.rand(_gate_shape(x0, axis)).requires_grad_()
+            torch.manual_seed(8)
+            gate.data = torch.rand(gate.shape)
+            y = gated_product(gate, x, axis, backend) if fast else gate * x
+            y.backward(grad)
+            results.append((y, x.grad, gate.grad))
+        (y, gx, gg), (y_ref, gx_ref, gg_ref) = results
+        assert torch.equal(y, y_ref) and torch.equal(gx, gx_ref), axis
+        torch.testing.assert_close(gg, gg_ref, rtol=1e-6, atol=1e-6, msg=axis)
+    x = x0.double().requires_grad_()
+    y = gated_product(torch.rand(4, 3, 1, 1, 1, dtype=torch.float64), x, "time", backend)
+    assert type(y.grad_fn).__name__ == "MulBackward0"
+    y = gated_product(torch.rand(4, 3, 5, 1, 1), x0.requires_grad_(), "time", backend)  # not the time gate's shape
+    assert type(y.grad_fn).__name__ == "MulBackward0"
+
+
 def test_attention_output_stays_contiguous_for_several_images():
     """The attention's output is a contiguous [T, B, C, H, W] tensor for B > 1 too (its gated
     products keep the input's layout), so the next neuron reads it without a copy; float32 and
@@ -536,6 +566,9 @@ def test_kernels_are_pytorch_operators():
         cases.append((ops.upsample2x, (torch.randint(0, 5, (2, 3, 4, 5)).float() / 4,)))
         cases.append((ops.sdem_mix_forward, (x, x.round(), 0.8, 1.3)))
         cases.append((ops.sdem_mix_backward, (x, torch.randn(16, 40), x.round(), 0.8, 1.3)))
+        y = torch.randn(4, 3, 5, 6, 7)
+        for mode, gate in enumerate((torch.rand(4, 3, 1, 1, 1), torch.rand(1, 3, 5, 1, 1), torch.rand(1, 3, 1, 6, 7))):
+            cases.append((ops.gated_product_backward, (torch.randn(y.shape), y, gate, mode)))
     for op, args in cases:
         torch.library.opcheck(op, args)
 

@@ -46,6 +46,7 @@ _SIGNATURES = {
     "col_mean_max_bf16": [_P, _P, _P, _I64, _I64, *_PARTS],
     "row_max_first": [_P, _P, _P, _I64, *_PARTS],
     "col_max_first": [_P, _P, _P, _I64, _I64, *_PARTS],
+    "gated_product_backward": [_P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, *_PARTS],
     "sdem_mix_bf16": [_P, _P, _P, _F32, _F32, *_PARTS],
     "sdem_mix": [_P, _P, _P, _F32, _F32, *_PARTS],
     "sdem_mix_backward": [_P, _P, _P, _P, _P, _P, _F32, _F32, *_PARTS],

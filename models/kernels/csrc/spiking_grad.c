@@ -108,6 +108,52 @@ static void sdem_mix_backward_part(const float *g, const float *u, const float *
     sums[1] = s_low;
 }
 
+/* Backward of the attention's gated product y = gate * x in training (models/kernels/gating.py),
+ * x [P, C, S] (P = T*B planes of C channels of S = H*W pixels), for the planes [lo, hi): gx = g * gate
+ * (the product autograd forms, the same bits), and the gate's gradient, g * x summed in float64
+ * over each plane's share of the gate's broadcast. mode 0 (time gate): one gate value per plane,
+ * sums [P]; mode 1 (channel gate, gate [B, C]): sums [P, C]; mode 2 (spatial gate, gate [B, S]):
+ * sums [P, S]. Plane p belongs to image p % B; the caller adds the planes of each gate value. */
+static void gated_product_backward_part(const float *g, const float *x, const float *gate, float *gx,
+                                        double *sums, int64_t B, int64_t C, int64_t S, int64_t mode,
+                                        int64_t lo, int64_t hi)
+{
+    for (int64_t p = lo; p < hi; ++p) {
+        const float *gp = g + p * C * S, *xp = x + p * C * S;
+        float *op = gx + p * C * S;
+        const int64_t b = p % B;
+        if (mode == 0) {
+            const float gv = gate[p];
+            double s = 0.0;
+            for (int64_t i = 0; i < C * S; ++i) {
+                op[i] = gp[i] * gv;
+                s += (double)(gp[i] * xp[i]);
+            }
+            sums[p] = s;
+        } else if (mode == 1) {
+            for (int64_t c = 0; c < C; ++c) {
+                const float gv = gate[b * C + c];
+                double s = 0.0;
+                for (int64_t i = c * S; i < (c + 1) * S; ++i) {
+                    op[i] = gp[i] * gv;
+                    s += (double)(gp[i] * xp[i]);
+                }
+                sums[p * C + c] = s;
+            }
+        } else {
+            const float *gv = gate + b * S;
+            double *sp = sums + p * S;
+            for (int64_t i = 0; i < S; ++i)
+                sp[i] = 0.0;
+            for (int64_t c = 0; c < C; ++c)
+                for (int64_t i = 0; i < S; ++i) {
+                    op[c * S + i] = gp[c * S + i] * gv[i];
+                    sp[i] += (double)(gp[c * S + i] * xp[c * S + i]);
+                }
+        }
+    }
+}
+
 /* The entry points: the functions above over the parts of a call (parts.h). */
 void lif_backward(const float *gs, const float *h, float *gx, int64_t L, int64_t N, PARTS, float tau, float v_th,
                   float alpha)
@@ -128,4 +174,11 @@ void sdem_mix_backward(const float *g, const float *u, const float *h, float *gu
 {
     FOR_EACH_PART(k)
         sdem_mix_backward_part(g, u, h, gu, gh, sums + 2 * k, high, low, LO(k), HI(k));
+}
+
+void gated_product_backward(const float *g, const float *x, const float *gate, float *gx, double *sums, int64_t B,
+                            int64_t C, int64_t S, int64_t mode, PARTS)
+{
+    FOR_EACH_PART(k)
+        gated_product_backward_part(g, x, gate, gx, sums, B, C, S, mode, LO(k), HI(k));
 }
