@@ -549,6 +549,39 @@ def test_benchmark_harness_records(tmp_path, monkeypatch):
     assert payload["meta"]["threads"] >= 1
 
 
+def test_benchmark_peak_memory_is_never_measured_in_a_timed_call(monkeypatch):
+    """Measuring peak memory hands the free heap back first, so the call it wraps pays for
+    faulting its memory in again: that call must be an extra one, after the timed calls."""
+    from tools.speed import measure
+
+    calls: list[tuple[str, bool]] = []
+    inside = [False]
+    real = measure.PeakMemory.measure
+
+    def tracked(self, fn):
+        inside[0] = True
+        try:
+            return real(self, fn)
+        finally:
+            inside[0] = False
+
+    monkeypatch.setattr(measure.PeakMemory, "measure", tracked)
+    x = torch.randn(8, 8)
+
+    def path(name):
+        def run():
+            calls.append((name, inside[0]))
+            return x * 2
+        return run
+
+    record = measure.measure_pair(measure.Pair("toy", "toy", path("ref"), path("fast"), reps=3), torch.device("cpu"),
+                                  log=lambda _: None)
+    for name in ("ref", "fast"):
+        mine = [under for n, under in calls if n == name]
+        assert mine == [False] * 4 + [True], name  # warm-up, three timed calls, then the memory call
+    assert len(record.fast_samples_ms) == len(record.reference_samples_ms) == 3
+
+
 def test_kernels_are_pytorch_operators():
     """The kernels are registered operators (profiler names, device dispatch, fake tensors for
     torch.compile); opcheck validates their schemas and fake implementations."""

@@ -3,7 +3,10 @@
 Honesty rules the harness follows: both paths get the same inputs and weights and run in
 the same process; warm-up calls are excluded; the timed calls alternate between the paths
 (reference first on even repetitions, fast first on odd ones) so that a slow phase of a
-shared machine hits both; the median is reported, with every sample kept in the JSON.
+shared machine hits both; the median is reported, with every sample kept in the JSON. Peak
+memory is measured in one more call of each path after the timed ones, never in a timed call:
+measuring it hands the free heap back to the kernel first, and the call after that faults its
+memory in again (seconds for a training step), which neither train.py nor test.py pays.
 """
 from __future__ import annotations
 
@@ -130,8 +133,8 @@ def _timed(fn: Callable[[], Any], reset: Callable[[], None] | None, device: torc
 
 
 def measure_pair(pair: Pair, device: torch.device, log: Callable[[str], None] = print) -> Record:
-    """Warm up both paths, then time them interleaved; the first timed call of each path
-    also records its peak memory."""
+    """Warm up both paths, time them interleaved, then run each once more, untimed, for its
+    peak memory."""
     memory = PeakMemory(device)
     peaks: dict[str, float | None] = {"reference": None, "fast": None}
     paths = {"fast": pair.fast} if pair.reference is None else {"reference": pair.reference, "fast": pair.fast}
@@ -146,12 +149,11 @@ def measure_pair(pair: Pair, device: torch.device, log: Callable[[str], None] = 
     for rep in range(pair.reps):
         order = list(paths) if rep % 2 == 0 else list(reversed(paths))
         for path in order:
-            if rep == 0:
-                (outputs[path], ms), peaks[path] = memory.measure(lambda: _timed(paths[path], pair.reset, device))
-            else:
-                outputs[path], ms = _timed(paths[path], pair.reset, device)
+            outputs[path], ms = _timed(paths[path], pair.reset, device)
             samples[path].append(ms)
             log(f"  {pair.name} [{path}] rep {rep + 1}/{pair.reps}: {ms:.1f} ms")
+    for path in paths:
+        _, peaks[path] = memory.measure(lambda: _timed(paths[path], pair.reset, device))
     fast_ms = statistics.median(samples["fast"])
     ref_ms = statistics.median(samples["reference"]) if "reference" in samples else None
     diff, extra = None, {}
