@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from .base import SpikingRestorationNet
 from .layers import conv1x1, conv3x3, mda, tdbn, upsample_seq
-from .neurons import LIF_THRESHOLD, lif
+from .neurons import LIF_THRESHOLD, Switchable, lif
 
 
 
@@ -43,7 +43,7 @@ class Down(nn.Module):
         return self.maxpool_conv(x_seq)
 
 
-class Up(nn.Module):
+class Up(Switchable, nn.Module):
     """Bilinear x2 -> LIF -> 3x3 conv (dim -> dim / 2) -> tdBN."""
 
     def __init__(self, dim: int):
@@ -51,7 +51,7 @@ class Up(nn.Module):
         self.up = nn.Sequential(lif(), conv3x3(dim, dim // 2), tdbn(dim // 2, LIF_THRESHOLD))
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-        return self.up(upsample_seq(x_seq, 2))
+        return self.up(upsample_seq(x_seq, 2, self.fast_backend))
 
 
 class FRB(nn.Module):

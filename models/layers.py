@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from spikingjelly.activation_based import layer
 
-from .kernels import upsample_spikes
+from .kernels import interpolate2x, upsample_spikes
 from .kernels.backend import needs_grad, runs_bf16_natively
 from .kernels.common import LOW_PRECISION
 from .kernels.gating import gated_product
@@ -226,17 +226,22 @@ def mda(channels: int, T: int = 4) -> layer.MultiDimensionalAttention:
     return attn
 
 
-def upsample_seq(x_seq: torch.Tensor, scale: int = 2) -> torch.Tensor:
+def upsample_seq(x_seq: torch.Tensor, scale: int = 2, backend: str | None = None) -> torch.Tensor:
     """Bilinear upsampling of every time step, ``align_corners=False``.
 
     Gradient-free bfloat16 (mixed-precision inference) at ``scale`` 2 runs the native x2 kernel
     of VLIF's spike resize (float32 arithmetic, one rounding; PyTorch's bfloat16 bilinear kernel
-    takes 1.7x the float32 time on a CPU).
+    takes 1.7x the float32 time on a CPU). ``backend`` (given by the ``fast`` implementation of
+    the calling layer, :class:`~models.neurons.Switchable`) gives float32 training at ``scale`` 2
+    the native backward (:func:`~models.kernels.interpolate2x`: the same forward, the gradient to
+    float rounding).
     """
     T, B = x_seq.shape[:2]
     x = x_seq.flatten(0, 1)
     if scale == 2 and runs_bf16_natively(x, "auto"):
         x = upsample_spikes(x, (2 * x.shape[-2], 2 * x.shape[-1]))
+    elif scale == 2 and backend is not None:
+        x = interpolate2x(x, backend)
     else:
         x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
     return x.view(T, B, *x.shape[1:])  # [T, B, C, H*scale, W*scale]

@@ -50,10 +50,16 @@ def _log_fallback_once(reason: str) -> None:
 class Switchable:
     """The implementation choice a module carries (see the module docstring): the neurons, and
     the layers between them whose fast path computes in another order or layout (SDEM's mixing,
-    the attention's products; :mod:`models.vlifnet`, :mod:`models.layers`)."""
+    the attention's products, the bilinear upsampling's backward; :mod:`models.vlifnet`,
+    :mod:`models.layers`, :mod:`models.esdnet`)."""
 
     impl: str = "fast"
     kernel_backend: str = "auto"
+
+    @property
+    def fast_backend(self) -> str | None:
+        """The kernel backend under the ``fast`` implementation, ``None`` under ``reference``."""
+        return self.kernel_backend if self.impl == "fast" else None
 
 
 class LIF(Switchable, neuron.LIFNode):

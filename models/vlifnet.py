@@ -74,7 +74,7 @@ class SDEM(Switchable, nn.Module):
         return self.attn(o + self.shortcut(x_seq)) + x_seq
 
 
-class SMU(nn.Module):
+class SMU(Switchable, nn.Module):
     """Spiking Multi-scale Unit (released ``SUNet_Level1_Block``).
 
     An SDEM, then patch-to-time at half resolution (T*r*r steps of NI-LIF), attention over
@@ -112,7 +112,7 @@ class SMU(nn.Module):
         o = s.permute(2, 0, 1, 3, 4).contiguous()  # [T, B, C, h, w]
         o = self.attn_1(self.bn_1(self.conv_1(self.lif_1(o))))
         o = self.attn_2(self.bn_2(self.conv_2(self.lif_2(o))))
-        return self.final_attn(upsample_seq(o, self.r) + skip)
+        return self.final_attn(upsample_seq(o, self.r, self.fast_backend) + skip)
 
 
 class DownSampling(nn.Module):
@@ -128,7 +128,7 @@ class DownSampling(nn.Module):
         return self.bn(self.conv(self.lif(x_seq)))
 
 
-class UpSampling(nn.Module):
+class UpSampling(Switchable, nn.Module):
     """Bilinear x2 -> LIF -> 3x3 conv (dim -> dim / 2) -> tdBN."""
 
     def __init__(self, dim: int):
@@ -138,7 +138,7 @@ class UpSampling(nn.Module):
         self.bn = tdbn(dim // 2, LIF_THRESHOLD)
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.conv(self.lif(upsample_seq(x_seq, 2))))
+        return self.bn(self.conv(self.lif(upsample_seq(x_seq, 2, self.fast_backend))))
 
 
 class VLIFNet(SpikingRestorationNet):

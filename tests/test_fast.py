@@ -621,6 +621,28 @@ def test_spike_resize_and_its_adjoint_match_interpolate(backend, hw):
     assert _rel(g_fast, g_ref) <= 1e-6
 
 
+@pytest.mark.parametrize("hw", [(1, 1), (1, 2), (3, 5), (7, 4)])
+def test_real_valued_x2_upsampling_keeps_interpolates_forward(backend, hw):
+    """The layers' bilinear x2 upsampling in fast training (:func:`kernels.interpolate2x`, through
+    ``upsample_seq`` with a backend) is F.interpolate's forward bit for bit on real values, its
+    gradient the native adjoint's, equal to interpolate's to float32 rounding; the reference
+    implementation (no backend) keeps PyTorch's backward."""
+    from models.layers import upsample_seq
+
+    h, w = hw
+    y = torch.randn(4, 2, 3, h, w).requires_grad_(True)
+    grad = torch.randn(4, 2, 3, 2 * h, 2 * w)
+    expected = upsample_seq(y, 2)
+    assert type(expected.grad_fn.next_functions[0][0]).__name__.startswith("UpsampleBilinear2D")
+    out = upsample_seq(y, 2, backend)
+    assert torch.equal(out, expected)
+    (g_fast,) = torch.autograd.grad(out, y, grad)
+    (g_ref,) = torch.autograd.grad(expected, y, grad)
+    assert _rel(g_fast, g_ref) <= 1e-6
+    if backend != "torch":
+        assert type(out.grad_fn.next_functions[0][0]).__name__ == "Interpolate2xFunctionBackward"
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_inputs_fire_in_float32(backend, dtype, caplog):
     """Mixed precision: the kernels take bf16/fp16 tensors, decide spikes from float32

@@ -260,6 +260,30 @@ class Upsample2xFunction(torch.autograd.Function):
         return upsample2x_backward(grad)
 
 
+class Interpolate2xFunction(torch.autograd.Function):
+    """``F.interpolate(y, scale_factor=2, mode="bilinear", align_corners=False)`` of real values:
+    PyTorch's forward (the same bits), the native adjoint :func:`upsample2x_backward` as its
+    backward (equal to PyTorch's backward to float rounding; one pass where PyTorch scatters)."""
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(y, scale_factor=2, mode="bilinear", align_corners=False)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return upsample2x_backward(grad)
+
+
+def interpolate2x(y: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """Bilinear x2 resize of ``y`` ``[N, C, h, w]`` (``align_corners=False``) as ``F.interpolate``
+    computes it; for float32 CPU input with gradients, its backward is the native adjoint
+    (:class:`Interpolate2xFunction`)."""
+    if needs_grad(y) and y.dim() == 4 and y.numel() and native_lib(backend, y) is not None:
+        return Interpolate2xFunction.apply(y)
+    return F.interpolate(y, scale_factor=2, mode="bilinear", align_corners=False)
+
+
 def upsample_spikes(y: torch.Tensor, size: tuple[int, int], backend: str = "auto") -> torch.Tensor:
     """``F.interpolate(y, size, mode="bilinear", align_corners=False)`` for VLIF: the native x2
     kernel where it applies, ``F.interpolate`` otherwise. On spikes (multiples of 1/4) the two
