@@ -6,8 +6,10 @@ twice (mean and max) in each of their three gates. These C kernels read a bfloat
 and return both statistics in float32. Used only where :func:`models.kernels.backend.bf16_lib`
 holds; the float32 path keeps PyTorch's pooling, whose rounding the golden vectors pin.
 
-In training (:class:`GatePool`) the forward is PyTorch's pooling too, and the backward writes one
-gradient tensor for both statistics instead of one each, added together afterwards.
+In training (:class:`GatePool`) the means are PyTorch's pooling too and the maxima with their
+indices come from C kernels (:func:`max_first`, :func:`max_first_over_rows`: the values and
+indices of ``torch.max``, max being exact in any order); the backward writes one gradient tensor
+for both statistics instead of one each, added together afterwards.
 """
 from __future__ import annotations
 
