@@ -14,9 +14,9 @@ from spikingjelly.activation_based import layer
 
 from .kernels import interpolate2x, upsample_spikes
 from .kernels.backend import needs_grad, runs_bf16_natively
-from .kernels.common import LOW_PRECISION
+from .kernels.common import GATE_AXES, LOW_PRECISION
 from .kernels.gating import gated_product
-from .kernels.pooling import GATE_AXES, col_mean_max, gate_mean_max, row_mean_max
+from .kernels.pooling import col_mean_max, gate_mean_max, row_mean_max
 from .neurons import LIF_THRESHOLD, Switchable
 
 TDBN_ALPHA = 1 / math.sqrt(2)

@@ -424,12 +424,12 @@ def test_gated_product_backward_is_autograds(backend):
     activations' gradient bit for bit as autograd's ``gate * x``, the gate's gradient (float64
     sums in another order) to float32 rounding, for the three gates, on every backend; float64 and
     gates of other shapes take PyTorch's product."""
-    from models.kernels.gating import GATE_MODES, _gate_shape, gated_product
+    from models.kernels.gating import GATE_AXES, _gate_shape, gated_product
 
     torch.manual_seed(7)
     x0 = torch.randn(4, 3, 5, 7, 9)
     grad = torch.randn(x0.shape)
-    for axis in GATE_MODES:
+    for axis in GATE_AXES:
         results = []
         for fast in (True, False):
             x = x0.clone().requires_grad_()

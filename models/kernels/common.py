@@ -7,6 +7,7 @@ import torch.nn.functional as F
 NILIF_LEVELS = 4  # spikes are k / 4, k in 0..4
 NILIF_DECAY = 0.25
 LOW_PRECISION = (torch.bfloat16, torch.float16)  # mixed-precision dtypes: spikes are decided in float32
+GATE_AXES = ("time", "channel", "spatial")  # the attention's gates, in the order they apply
 
 def patch_to_time(x_seq: torch.Tensor, r: int) -> torch.Tensor:
     """``[T, B, C, H, W]`` -> ``[T*r*r, B, C, H/r, W/r]``, index ``t*r*r + p`` (time-major).

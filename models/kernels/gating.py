@@ -15,8 +15,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .backend import data_ptr, for_native, native_lib
-
-GATE_MODES = {"time": 0, "channel": 1, "spatial": 2}
+from .common import GATE_AXES
 
 
 def _gate_shape(x: torch.Tensor, axis: str) -> tuple[int, ...]:
@@ -28,7 +27,7 @@ def _gate_shape(x: torch.Tensor, axis: str) -> tuple[int, ...]:
 def gated_product_backward(grad: torch.Tensor, x: torch.Tensor, gate: torch.Tensor,
                            mode: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``dL/dx`` and ``dL/dgate`` of ``gate * x`` from ``dL/dy``, for contiguous float32 CPU
-    ``[T, B, C, H, W]`` ``grad`` and ``x`` and the gate of :data:`GATE_MODES` ``mode``."""
+    ``[T, B, C, H, W]`` ``grad`` and ``x`` and the gate of axis ``GATE_AXES[mode]``."""
     T, B, C, H, W = x.shape
     lib = native_lib("native", grad, x, gate)
     grad_x = torch.empty_like(x)
@@ -63,10 +62,10 @@ class GatedProduct(torch.autograd.Function):
 
 
 def gated_product(gate: torch.Tensor, x: torch.Tensor, axis: str, backend: str = "auto") -> torch.Tensor:
-    """``gate * x`` for the attention's gate ``axis`` (one of :data:`GATE_MODES`) on contiguous
+    """``gate * x`` for the attention's gate ``axis`` (one of ``GATE_AXES``) on contiguous
     ``x`` ``[T, B, C, H, W]``; with the one-pass backward where the native kernels apply
     (contiguous float32 CPU tensors, the gate in its axis's shape), else PyTorch's product."""
     if (x.dim() != 5 or tuple(gate.shape) != _gate_shape(x, axis) or not x.is_contiguous()
             or not gate.is_contiguous() or native_lib(backend, x, gate) is None):
         return gate * x
-    return GatedProduct.apply(gate, x, GATE_MODES[axis])
+    return GatedProduct.apply(gate, x, GATE_AXES.index(axis))

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from .backend import bf16_lib, data_ptr, for_native, native_lib
+from .common import GATE_AXES
 
 
 def row_mean_max(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -77,9 +78,6 @@ def max_first_over_rows(x: torch.Tensor, backend: str = "auto") -> tuple[torch.T
     for_native(B * N, lambda parts, count, _: lib.col_max_first(
         data_ptr(x), data_ptr(peak), data_ptr(at), R, N, parts, count), unit=R)
     return peak, at
-
-
-GATE_AXES = ("time", "channel", "spatial")
 
 
 class GatePool(torch.autograd.Function):
