@@ -26,8 +26,10 @@ import torch
 log = logging.getLogger(__name__)
 
 _SRC = Path(__file__).with_name("csrc")
-# exact: every operation rounds like the PyTorch reference (no contraction, no fast-math)
-_EXACT = ("spiking_exact.c", ["-O3", "-ffp-contract=off"])
+# exact: every operation rounds like the PyTorch reference (no contraction, no fast-math);
+# -fno-trapping-math changes no value (it only lets comparisons be if-converted, so that
+# loops such as LIF's spike test vectorise)
+_EXACT = ("spiking_exact.c", ["-O3", "-ffp-contract=off", "-fno-trapping-math"])
 # gradient only (compared with a tolerance): fast-math lets expf vectorise
 _GRAD = ("spiking_grad.c", ["-O3", "-ffast-math"])
 
