@@ -46,7 +46,7 @@ from utils.inference import restore_stream
 from utils.allocator import keep_freed_memory
 from utils.logger import setup_logging
 from utils.metrics import psnr
-from utils.training.device import pick_device
+from utils.training.device import pick_device, warn_if_bf16_is_emulated
 
 log = logging.getLogger("test")
 SHEET_IMAGES = 32  # the contact sheet shows the first images of a folder, at most this many
@@ -62,6 +62,8 @@ def load_network(args: argparse.Namespace, device: torch.device) -> tuple[nn.Mod
     log.info("%s: %s %s", args.weights, type(model).__name__, model.config)
     fold = args.fold_bn and not args.energy  # --energy meters the network as trained (its parameters, its layers)
     amp = AMP_DTYPES.get(args.amp)  # convolution weights stored in it: autocast would cast them at every call
+    if amp == torch.bfloat16:
+        warn_if_bf16_is_emulated(device)
     model = set_neuron_impl(prepare_for_inference(model.to(device), fold=fold, amp=amp), args.neuron_impl)
     args.tile_batch = resolve_tile_batch(model, args.crop_size, args.tile_batch, device)
     log.info("inference: %s neurons, batch norm %s, %s", args.neuron_impl,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -540,13 +541,46 @@ def test_benchmark_harness_records(tmp_path, monkeypatch):
 
     x = torch.randn(16, 2, 3, 8, 8)
     pair = Pair("toy", "NI-LIF toy", lambda: ni_lif_reference(x), lambda: kernels.ni_lif(x), reps=3)
-    monkeypatch.setattr(run, "all_cases", lambda device, quick: {"neurons": lambda: [pair]})
+    asked: list[bool] = []
+
+    def cases(device, quick, bf16):
+        asked.append(bf16)
+        return {"neurons": lambda: [pair]}
+
+    monkeypatch.setattr(run, "all_cases", cases)
     assert run.main(["--quick", "--json", str(tmp_path / "out.json")]) == 0
     payload = json.loads((tmp_path / "out.json").read_text())
     record = payload["records"][0]
     assert {"name", "reference_ms", "fast_ms", "speedup", "max_abs_diff"} <= record.keys()
     assert record["name"] == "toy" and record["max_abs_diff"] == 0.0 and len(record["fast_samples_ms"]) == 3
     assert payload["meta"]["threads"] >= 1
+    assert asked == [not payload["meta"]["bf16_emulated"]]
+
+
+@pytest.mark.parametrize("emulated", [False, True])
+def test_benchmark_leaves_emulated_bf16_out_unless_asked(monkeypatch, emulated):
+    """bf16 rows on a CPU without bfloat16 instructions would take hours: left out by default."""
+    import tools.speed.run as run
+
+    asked: list[bool] = []
+    monkeypatch.setattr(run, "all_cases", lambda device, quick, bf16: asked.append(bf16) or {})
+    monkeypatch.setattr(run, "bf16_is_emulated", lambda device: emulated)
+    for flag in ("auto", "on", "off"):
+        assert run.main(["--quick", "--bf16", flag]) == 0
+    assert asked == [not emulated, True, False]
+
+
+def test_amp_bf16_warns_where_the_cpu_emulates_it(monkeypatch, caplog):
+    from utils.training import device as device_module
+
+    assert device_module.bf16_is_emulated(torch.device("cuda")) is False
+    cpu = torch.device("cpu")
+    for emulated in (False, True):
+        monkeypatch.setattr(device_module, "bf16_is_emulated", lambda d: emulated)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            assert device_module.setup_amp("bf16", cpu).dtype == torch.bfloat16
+        assert ("no bfloat16 instructions" in caplog.text) == emulated
 
 
 def test_benchmark_peak_memory_is_never_measured_in_a_timed_call(monkeypatch):

@@ -9,8 +9,8 @@ Shapes are those of the issue and do not change with ``--quick`` (only repetitio
 - inference of a 481x321 image with the released tiling (80x80 tiles, overlap 8). Reference:
   one tile at a time as the released test did; fast: tiles batched, batch norm folded.
 For the training step and the inference case two more rows: ``_bf16`` (fast fp32 in the
-reference column against fast under bf16 autocast) and ``_conv_floor`` (the same
-convolutions run alone, :mod:`tools.speed.floor`).
+reference column against fast under bf16 autocast; left out with ``bf16=False``) and
+``_conv_floor`` (the same convolutions run alone, :mod:`tools.speed.floor`).
 """
 from __future__ import annotations
 
@@ -93,9 +93,9 @@ def neuron_cases(device: torch.device, reps: int) -> list[Pair]:
     return cases
 
 
-def train_cases(device: torch.device, reps: int) -> list[Pair]:
-    """The training step: reference against fast, fp32 fast against bf16 fast, and the
-    convolution floor of the fast step."""
+def train_cases(device: torch.device, reps: int, bf16: bool = True) -> list[Pair]:
+    """The training step: reference against fast, fp32 fast against bf16 fast (with ``bf16``),
+    and the convolution floor of the fast step."""
     torch.manual_seed(0)
     net = build_model("vlifnet").to(device).train()
     state = copy.deepcopy(net.state_dict())
@@ -128,9 +128,10 @@ def train_cases(device: torch.device, reps: int) -> list[Pair]:
     cases = [Pair(
         "train_step_vlifnet", f"{what} (forward, 1-SSIM backward, AdamW step)",
         step("reference"), step("fast"), reps, reset=reset)]
-    cases.append(Pair(
-        "train_step_vlifnet_bf16", f"{what}: fast fp32 (reference column) against fast under bf16 autocast",
-        step("fast"), step("fast", amp=True), reps, reset=reset))
+    if bf16:
+        cases.append(Pair(
+            "train_step_vlifnet_bf16", f"{what}: fast fp32 (reference column) against fast under bf16 autocast",
+            step("fast"), step("fast", amp=True), reps, reset=reset))
     reset()
     calls = record_convs(net, step("fast"))
     cases.append(Pair(
@@ -145,7 +146,7 @@ def _image_diff(ref: torch.Tensor, fast: torch.Tensor) -> dict[str, float]:
     return {"uint8_max_diff": d8.max().item(), "uint8_pixels_differing": (d8 > 0).sum().item()}
 
 
-def inference_cases(device: torch.device, reps: int, quick: bool) -> list[Pair]:
+def inference_cases(device: torch.device, reps: int, quick: bool, bf16: bool = True) -> list[Pair]:
     torch.manual_seed(0)
     net = build_model("vlifnet").to(device).eval()
     fast_net = prepare_for_inference(net)
@@ -178,11 +179,13 @@ def inference_cases(device: torch.device, reps: int, quick: bool) -> list[Pair]:
         run("reference", net, 1, img), run("fast", fast_net, tile_batch, img), reps,
         warmup_reference=warm("reference", net, 1), warmup_fast=warm("fast", fast_net, tile_batch),
         compare=_image_diff)]
-    cases.append(Pair(
-        f"tiled_inference_{w}x{h}_bf16", "the same image: fast fp32 (reference column) against fast under bf16 "
-        f"autocast as test.py --amp bf16 runs it ({bf16_batch} tiles per call)", run("fast", fast_net, tile_batch, img),
-        run("fast", bf16_net, bf16_batch, img, amp=True), reps, warmup_reference=warm("fast", fast_net, tile_batch),
-        warmup_fast=warm("fast", bf16_net, bf16_batch, amp=True), compare=_image_diff))
+    if bf16:
+        cases.append(Pair(
+            f"tiled_inference_{w}x{h}_bf16", "the same image: fast fp32 (reference column) against fast under bf16 "
+            f"autocast as test.py --amp bf16 runs it ({bf16_batch} tiles per call)",
+            run("fast", fast_net, tile_batch, img), run("fast", bf16_net, bf16_batch, img, amp=True), reps,
+            warmup_reference=warm("fast", fast_net, tile_batch), warmup_fast=warm("fast", bf16_net, bf16_batch, amp=True),
+            compare=_image_diff))
     calls = record_convs(fast_net, warm("fast", fast_net, tile_batch))
     network_calls = -(-len(tile_starts(h, CROP, CROP - OVERLAP)) * len(tile_starts(w, CROP, CROP - OVERLAP))
                       // tile_batch)
@@ -198,10 +201,11 @@ def inference_cases(device: torch.device, reps: int, quick: bool) -> list[Pair]:
     return cases
 
 
-def all_cases(device: torch.device, quick: bool) -> dict[str, Callable[[], list[Pair]]]:
-    """Case groups by name, built lazily (a group allocates its model only when run)."""
+def all_cases(device: torch.device, quick: bool, bf16: bool = True) -> dict[str, Callable[[], list[Pair]]]:
+    """Case groups by name, built lazily (a group allocates its model only when run); the
+    ``_bf16`` rows only with ``bf16``."""
     return {
         "neurons": lambda: neuron_cases(device, 5 if quick else 15),
-        "train": lambda: train_cases(device, 1 if quick else 3),
-        "inference": lambda: inference_cases(device, 1 if quick else 2, quick),
+        "train": lambda: train_cases(device, 1 if quick else 3, bf16),
+        "inference": lambda: inference_cases(device, 1 if quick else 2, quick, bf16),
     }

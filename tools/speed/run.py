@@ -1,11 +1,13 @@
 """Measure the fast spiking kernels and fast inference against the reference, same process.
 
     python -m tools.speed [--quick] [--json OUT] [--only neurons train inference]
-                             [--threads N] [--device cpu|cuda]
+                             [--threads N] [--device cpu|cuda] [--bf16 auto|on|off]
 
 Prints a Markdown table (median milliseconds, speed-up, peak memory, largest output
 difference) and, with ``--json``, writes the records with the machine and load they were
-measured under. ``--quick`` takes fewer repetitions (same shapes). See docs/speed.md.
+measured under. ``--quick`` takes fewer repetitions (same shapes). The bf16 rows are left out
+on a CPU without bfloat16 instructions unless ``--bf16 on`` (emulated there, they take hours).
+See docs/speed.md.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import torch
 
 from models.kernels import native
 from utils.allocator import keep_freed_memory
+from utils.training.device import bf16_is_emulated
 from utils.logger import setup_logging
 
 from .cases import all_cases
@@ -60,6 +63,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--keep_freed_memory", action="store_true",
                    help="apply train.py's and test.py's malloc settings (utils/allocator.py) to both paths; "
                         "off by default, so that the reference path stays what the released code ran")
+    p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
+                   help="the bf16 rows; auto: unless this CPU has no bfloat16 instructions (emulated, ~100x slower)")
     return p.parse_args(argv)
 
 
@@ -78,9 +83,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta["kernels"] = "native" if device.type == "cpu" and native.load() is not None else "torch"
     meta["quick"] = args.quick
     meta["keep_freed_memory"] = args.keep_freed_memory
+    meta["bf16_emulated"] = bf16_is_emulated(device)
+    bf16 = args.bf16 == "on" or (args.bf16 == "auto" and not meta["bf16_emulated"])
     log.info("machine: %s", json.dumps(meta))
+    if not bf16:
+        log.info("bf16 rows left out (%s)", "--bf16 off" if args.bf16 == "off" else
+                 "this CPU has no bfloat16 instructions, so bf16 is emulated; --bf16 on measures it anyway")
     records: list[Record] = []
-    for group, build in all_cases(device, args.quick).items():
+    for group, build in all_cases(device, args.quick, bf16).items():
         if args.only and group not in args.only:
             continue
         for pair in build():
