@@ -885,6 +885,19 @@ def test_conv_floor_replays_exactly_the_recorded_convolutions(tiny_config):
     assert all(p.grad is None for p in net.parameters())
 
 
+def test_conv_floor_is_timed_interleaved_with_the_path_it_bounds():
+    """A floor row times the fast path (reference column) and its convolutions alone in turn, so
+    that a slow phase of the machine hits both; the replay returns nothing to compare."""
+    from tools.speed.measure import Pair, measure_pair
+
+    order: list[str] = []
+    pair = Pair("toy_conv_floor", "toy", lambda: order.append("fast") or torch.ones(2),
+                lambda: order.append("floor"), reps=3, warmup=0)
+    record = measure_pair(pair, torch.device("cpu"), log=lambda _: None)
+    assert order[:6] == ["fast", "floor", "floor", "fast", "fast", "floor"]
+    assert record.speedup is not None and record.max_abs_diff is None and len(record.reference_samples_ms) == 3
+
+
 @pytest.mark.skipif(native.load() is None, reason="no C compiler: nothing native to split")
 def test_native_kernels_give_the_same_bits_however_a_call_is_split(monkeypatch):
     """Every native kernel, split into three parts per call, gives the same bits on OpenMP

@@ -10,7 +10,9 @@ Shapes are those of the issue and do not change with ``--quick`` (only repetitio
   one tile at a time as the released test did; fast: tiles batched, batch norm folded.
 For the training step and the inference case two more rows: ``_bf16`` (fast fp32 in the
 reference column against fast under bf16 autocast; left out with ``bf16=False``) and
-``_conv_floor`` (the same convolutions run alone, :mod:`tools.speed.floor`).
+``_conv_floor`` (fast fp32 in the reference column against the same convolutions run alone,
+:mod:`tools.speed.floor`, timed interleaved so that a slow phase of the machine hits both: its
+speed-up column reads fast / floor).
 """
 from __future__ import annotations
 
@@ -135,8 +137,9 @@ def train_cases(device: torch.device, reps: int, bf16: bool = True) -> list[Pair
     reset()
     calls = record_convs(net, step("fast"))
     cases.append(Pair(
-        "train_step_vlifnet_conv_floor", f"the {len(calls)} convolutions of one fast step alone, forward and "
-        "backward (the floor of train_step_vlifnet)", None, replay_convs(calls, backward=True), reps, reset=reset))
+        "train_step_vlifnet_conv_floor", f"fast fp32 (reference column) against its {len(calls)} convolutions "
+        "alone, forward and backward (the floor of train_step_vlifnet)", step("fast"),
+        replay_convs(calls, backward=True), reps, reset=reset))
     return cases
 
 
@@ -190,9 +193,10 @@ def inference_cases(device: torch.device, reps: int, quick: bool, bf16: bool = T
     network_calls = -(-len(tile_starts(h, CROP, CROP - OVERLAP)) * len(tile_starts(w, CROP, CROP - OVERLAP))
                       // tile_batch)
     cases.append(Pair(
-        f"tiled_inference_{w}x{h}_conv_floor", f"the {len(calls)} convolutions of one call of {tile_batch} tile(s), "
-        f"x {network_calls} calls, alone (the floor of the fast path)", None,
-        replay_convs(calls, backward=False, repeat=network_calls), reps))
+        f"tiled_inference_{w}x{h}_conv_floor", f"fast fp32 (reference column) against the {len(calls)} "
+        f"convolutions of one call of {tile_batch} tile(s), x {network_calls} calls, alone (its floor)",
+        run("fast", fast_net, tile_batch, img), replay_convs(calls, backward=False, repeat=network_calls), reps,
+        warmup_reference=warm("fast", fast_net, tile_batch)))
     if not quick:  # peak memory must not grow with the image: 4x the area, fast path only
         big = torch.rand(1, 3, 2 * h, 2 * w, generator=g).to(device)
         cases.append(Pair(
