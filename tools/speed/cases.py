@@ -153,9 +153,7 @@ def inference_cases(device: torch.device, reps: int, quick: bool, bf16: bool = T
     torch.manual_seed(0)
     net = build_model("vlifnet").to(device).eval()
     fast_net = prepare_for_inference(net)
-    bf16_net = prepare_for_inference(net, amp=torch.bfloat16)  # as test.py --amp bf16 prepares it
     tile_batch = auto_tile_batch(fast_net, CROP, device)
-    bf16_batch = auto_tile_batch(bf16_net, CROP, device)
     g = torch.Generator().manual_seed(2)
     img = torch.rand(1, 3, *IMAGE_HW, generator=g).to(device)
     tile = img[..., :CROP, :CROP]
@@ -183,6 +181,8 @@ def inference_cases(device: torch.device, reps: int, quick: bool, bf16: bool = T
         warmup_reference=warm("reference", net, 1), warmup_fast=warm("fast", fast_net, tile_batch),
         compare=_image_diff)]
     if bf16:
+        bf16_net = prepare_for_inference(net, amp=torch.bfloat16)  # as test.py --amp bf16 prepares it
+        bf16_batch = auto_tile_batch(bf16_net, CROP, device)
         cases.append(Pair(
             f"tiled_inference_{w}x{h}_bf16", "the same image: fast fp32 (reference column) against fast under bf16 "
             f"autocast as test.py --amp bf16 runs it ({bf16_batch} tiles per call)",

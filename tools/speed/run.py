@@ -54,7 +54,7 @@ def table(records: Sequence[Record]) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tools.speed", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="fewer repetitions (same shapes); under 10 min on 2 cores")
+    p.add_argument("--quick", action="store_true", help="fewer repetitions (same shapes); 10-20 min on 2 cores")
     p.add_argument("--json", type=Path, default=None, help="write the records and machine info to this file")
     p.add_argument("--only", nargs="+", choices=["neurons", "train", "inference"], default=None,
                    help="run only these case groups")
