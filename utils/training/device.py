@@ -32,12 +32,12 @@ def bf16_is_emulated(device: torch.device) -> bool:
     return not (cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
 
 
-def warn_if_bf16_is_emulated(device: torch.device, flag: str = "--amp bf16") -> None:
-    """Say so, loudly, where ``flag`` will run orders of magnitude slower than float32."""
+def warn_if_bf16_is_emulated(device: torch.device) -> None:
+    """Say so, loudly, where ``--amp bf16`` will run orders of magnitude slower than float32."""
     if bf16_is_emulated(device):
-        log.warning("%s: this CPU has no bfloat16 instructions (neither AVX512-BF16 nor AMX), so its bfloat16 "
-                    "convolutions are emulated and run about 100x slower than float32 (docs/speed.md); "
-                    "it gives the same approximate results, for checks only: use --amp off for speed", flag)
+        log.warning("--amp bf16: this CPU has no bfloat16 instructions (neither AVX512-BF16 nor AMX), so its "
+                    "bfloat16 convolutions are emulated and run about 100x slower than float32 (docs/speed.md); "
+                    "the results are the usual approximate ones, fit for checks only: use --amp off for speed")
 
 
 @dataclass
