@@ -1,6 +1,6 @@
 """Keep freed CPU memory in the process: glibc malloc settings for PyTorch's CPU tensors.
 
-PyTorch allocates CPU tensors with ``malloc``. glibc serves blocks above its mmap threshold
+PyTorch allocates CPU tensors with glibc's ``malloc`` (``posix_memalign``). glibc serves blocks above its mmap threshold
 (128 KB at start, rising to at most 32 MB) with fresh pages from the kernel and gives them
 back on ``free``, so every training step faults its activations in again, page by page.
 Measured on this project's machine (AMD EPYC, 2 cores): two training steps of the full
@@ -21,7 +21,12 @@ log = logging.getLogger(__name__)
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
 SETTINGS = (
     (M_MMAP_THRESHOLD, 1 << 30),  # blocks below 1 GB come from the heap, not from fresh mmap pages
-    (M_TRIM_THRESHOLD, 2**31 - 1),  # never hand freed heap memory back to the kernel
+    # hand freed heap memory back only once more than 2 GB lie free at the top of the heap: the
+    # largest limit mallopt takes. A step that frees more (the reference path's training step,
+    # 14.7 GB at its peak) is trimmed and faults its memory in again. -1 (never trim) is no cure:
+    # glibc 2.36 did not reuse freed blocks for PyTorch's aligned allocations (posix_memalign),
+    # and a process cycling three 800 MB tensors grew by 2.4 GB a cycle (docs/speed.md)
+    (M_TRIM_THRESHOLD, 2**31 - 1),
     (M_TOP_PAD, 1 << 29),  # grow the heap 512 MB at a time (address space; pages are touched on use)
 )
 

@@ -6,7 +6,9 @@ the same process; warm-up calls are excluded; the timed calls alternate between 
 shared machine hits both; the median is reported, with every sample kept in the JSON. Peak
 memory is measured in one more call of each path after the timed ones, never in a timed call:
 measuring it hands the free heap back to the kernel first, and the call after that faults its
-memory in again (seconds for a training step), which neither train.py nor test.py pays.
+memory in again (seconds for a training step), which neither train.py nor test.py pays. Each
+timed call's kernel time and page faults are kept beside its time, and a call that spent more than
+a tenth of it in the kernel is flagged in the log: it timed heap growth, not the path.
 """
 from __future__ import annotations
 
@@ -19,6 +21,15 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+
+try:
+    import resource
+except ImportError:  # not a POSIX system: no kernel time or page faults to report
+    resource = None
+
+# a timed call is flagged when its kernel time exceeds this share of its wall time (and 10 ms: the
+# kernel time of a short call is counted in scheduler ticks)
+FAULTING_SHARE, FAULTING_MIN_S = 0.1, 0.01
 
 __all__ = ["Pair", "Record", "measure_pair", "PeakMemory"]
 
@@ -57,6 +68,12 @@ class Record:
     reps: int
     reference_samples_ms: list[float] = field(default_factory=list)
     fast_samples_ms: list[float] = field(default_factory=list)
+    # per timed call, the process's kernel time and minor page faults: a sample that faulted its
+    # memory in (heap growth after another path or row reshaped it) shows here, not only as time
+    reference_sys_s: list[float] = field(default_factory=list)
+    fast_sys_s: list[float] = field(default_factory=list)
+    reference_faults: list[int] = field(default_factory=list)
+    fast_faults: list[int] = field(default_factory=list)
     extra: dict[str, float] = field(default_factory=dict)
 
 
@@ -122,14 +139,27 @@ def _max_abs_diff(a: Any, b: Any) -> float:
     return (a.detach().double() - b.detach().double()).abs().max().item()
 
 
-def _timed(fn: Callable[[], Any], reset: Callable[[], None] | None, device: torch.device) -> tuple[Any, float]:
+def _usage() -> tuple[float, int]:
+    """The process's kernel time (s) and minor page faults so far (zeros where unavailable)."""
+    if resource is None:
+        return 0.0, 0
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_stime, r.ru_minflt
+
+
+def _timed(fn: Callable[[], Any], reset: Callable[[], None] | None, device: torch.device
+           ) -> tuple[Any, float, float, int]:
+    """``fn()``'s output, wall milliseconds, and the kernel seconds and minor faults it took."""
     if reset is not None:
         reset()
     _sync(device)
+    sys_before, faults_before = _usage()
     start = time.perf_counter()
     out = fn()
     _sync(device)
-    return out, (time.perf_counter() - start) * 1e3
+    ms = (time.perf_counter() - start) * 1e3
+    sys_after, faults_after = _usage()
+    return out, ms, sys_after - sys_before, faults_after - faults_before
 
 
 def measure_pair(pair: Pair, device: torch.device, log: Callable[[str], None] = print) -> Record:
@@ -145,13 +175,21 @@ def measure_pair(pair: Pair, device: torch.device, log: Callable[[str], None] = 
                 pair.reset()
             warm[path]()
     samples: dict[str, list[float]] = {p: [] for p in paths}
+    kernel: dict[str, list[float]] = {p: [] for p in paths}
+    faults: dict[str, list[int]] = {p: [] for p in paths}
     outputs: dict[str, Any] = {}
     for rep in range(pair.reps):
         order = list(paths) if rep % 2 == 0 else list(reversed(paths))
         for path in order:
-            outputs[path], ms = _timed(paths[path], pair.reset, device)
+            outputs[path], ms, sys_s, faulted = _timed(paths[path], pair.reset, device)
             samples[path].append(ms)
-            log(f"  {pair.name} [{path}] rep {rep + 1}/{pair.reps}: {ms:.1f} ms")
+            kernel[path].append(round(sys_s, 3))
+            faults[path].append(faulted)
+            log(f"  {pair.name} [{path}] rep {rep + 1}/{pair.reps}: {ms:.1f} ms "
+                f"({sys_s:.2f} s in the kernel, {faulted} page faults)")
+            if sys_s > max(FAULTING_SHARE * ms / 1e3, FAULTING_MIN_S):
+                log(f"  {pair.name} [{path}] rep {rep + 1}: {sys_s * 1e3 / ms:.0%} of the wall time in the kernel: "
+                    "this sample faulted its memory in (heap growth), so it times the allocator, not the path")
     for path in paths:
         _, peaks[path] = memory.measure(lambda: _timed(paths[path], pair.reset, device))
     fast_ms = statistics.median(samples["fast"])
@@ -165,7 +203,9 @@ def measure_pair(pair: Pair, device: torch.device, log: Callable[[str], None] = 
         name=pair.name, description=pair.description, reference_ms=ref_ms, fast_ms=fast_ms,
         speedup=None if ref_ms is None else ref_ms / fast_ms, max_abs_diff=diff,
         reference_peak_mb=peaks["reference"], fast_peak_mb=peaks["fast"], reps=pair.reps,
-        reference_samples_ms=samples.get("reference", []), fast_samples_ms=samples["fast"], extra=extra,
+        reference_samples_ms=samples.get("reference", []), fast_samples_ms=samples["fast"],
+        reference_sys_s=kernel.get("reference", []), fast_sys_s=kernel["fast"],
+        reference_faults=faults.get("reference", []), fast_faults=faults["fast"], extra=extra,
     )
 
 
