@@ -1,13 +1,14 @@
 """Keep freed CPU memory in the process: glibc malloc settings for PyTorch's CPU tensors.
 
-PyTorch allocates CPU tensors with glibc's ``malloc`` (``posix_memalign``). glibc serves blocks above its mmap threshold
-(128 KB at start, rising to at most 32 MB) with fresh pages from the kernel and gives them
-back on ``free``, so every training step faults its activations in again, page by page.
+PyTorch allocates CPU tensors with glibc's ``posix_memalign``. glibc serves blocks above its
+mmap threshold (128 KB at start, rising to at most 32 MB) with fresh pages from the kernel and
+gives them back on ``free``, so every training step faults its activations in again, page by page.
 Measured on this project's machine (AMD EPYC, 2 cores): two training steps of the full
 VLIFNet (batch 12, 64x64) took 54.0 s, 30.9 s of it in the kernel with 8.75 million page
 faults; with large blocks served from the heap and freed memory kept, 30.3 s, 0.1 s in the
-kernel (docs/speed.md). The price: the process keeps its peak memory until it exits, which
-a training or inference process reaches again at its next step anyway.
+kernel (docs/speed.md). The price: the process holds on to the memory it frees (glibc trims
+only a free top of the heap above 2 GB), which a training or inference process reaches again
+at its next step anyway.
 """
 from __future__ import annotations
 
