@@ -8,7 +8,7 @@ memory is measured in one more call of each path after the timed ones, never in 
 measuring it hands the free heap back to the kernel first, and the call after that faults its
 memory in again (seconds for a training step), which neither train.py nor test.py pays. Each
 timed call's kernel time and page faults are kept beside its time, and a call that spent more than
-a tenth of it in the kernel is flagged in the log: it timed heap growth, not the path.
+a tenth of it in the kernel is flagged in the log: it timed heap growth as well as the path.
 """
 from __future__ import annotations
 
@@ -188,8 +188,9 @@ def measure_pair(pair: Pair, device: torch.device, log: Callable[[str], None] = 
             log(f"  {pair.name} [{path}] rep {rep + 1}/{pair.reps}: {ms:.1f} ms "
                 f"({sys_s:.2f} s in the kernel, {faulted} page faults)")
             if sys_s > max(FAULTING_SHARE * ms / 1e3, FAULTING_MIN_S):
-                log(f"  {pair.name} [{path}] rep {rep + 1}: {sys_s * 1e3 / ms:.0%} of the wall time in the kernel: "
-                    "this sample faulted its memory in (heap growth), so it times the allocator, not the path")
+                log(f"  {pair.name} [{path}] rep {rep + 1}: {sys_s:.1f} s in the kernel (all threads) in "
+                    f"{ms / 1e3:.1f} s: this sample faulted its memory in (heap growth), so it times the allocator "
+                    "as much as the path")
     for path in paths:
         _, peaks[path] = memory.measure(lambda: _timed(paths[path], pair.reset, device))
     fast_ms = statistics.median(samples["fast"])
