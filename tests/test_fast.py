@@ -554,6 +554,7 @@ def test_benchmark_harness_records(tmp_path, monkeypatch):
     record = payload["records"][0]
     assert {"name", "reference_ms", "fast_ms", "speedup", "max_abs_diff"} <= record.keys()
     assert record["name"] == "toy" and record["max_abs_diff"] == 0.0 and len(record["fast_samples_ms"]) == 3
+    assert {"reference_faulted_samples", "fast_faulted_samples"} <= record.keys()
     assert payload["meta"]["threads"] >= 1
     assert asked == [not payload["meta"]["bf16_emulated"]]
 
@@ -591,6 +592,7 @@ def test_benchmark_reports_each_timed_calls_page_faults():
     import mmap
 
     from tools.speed.measure import Pair, measure_pair
+    from tools.speed.run import table
 
     pages = 65536  # 256 MB, mapped and touched one page at a time
 
@@ -608,6 +610,9 @@ def test_benchmark_reports_each_timed_calls_page_faults():
     assert len(record.fast_faults) == len(record.reference_faults) == len(record.fast_sys_s) == 3
     assert min(record.fast_faults) >= pages > max(record.reference_faults)
     assert all(s >= 0 for s in record.fast_sys_s + record.reference_sys_s)
+    # the summary table counts the flagged samples, so a row timed with faults is marked there too
+    assert record.faulted_samples("fast") == len(flagged) and record.faulted_samples("reference") == 0
+    assert table([record]).splitlines()[-1].endswith(f"| 0/3 / {len(flagged)}/3 |")
 
 
 def test_benchmark_peak_memory_is_never_measured_in_a_timed_call(monkeypatch):

@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from data.io import DataError, read_image, to_tensor
+from data.io import DataError, read_image, to_tensor, write_text_atomic
 from data.synthetic_rain import demo_pair
 from models import build_model
 from utils.checkpoint import CheckpointError, load_model
@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_op_counter(summary))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(summary, indent=1))
+        write_text_atomic(args.json, json.dumps(summary, indent=1))
     if args.plot:
         plot_summary(summary, args.plot)
     return 0

@@ -31,7 +31,14 @@ except ImportError:  # not a POSIX system: no kernel time or page faults to repo
 # kernel time of a short call is counted in scheduler ticks)
 FAULTING_SHARE, FAULTING_MIN_S = 0.1, 0.01
 
-__all__ = ["Pair", "Record", "measure_pair", "PeakMemory"]
+__all__ = ["Pair", "Record", "measure_pair", "PeakMemory", "faulted"]
+
+
+def faulted(sys_s: float, ms: float) -> bool:
+    """Whether a timed call of ``ms`` milliseconds that spent ``sys_s`` seconds in the kernel
+    faulted its memory in: more than :data:`FAULTING_SHARE` of its wall time, and more than
+    :data:`FAULTING_MIN_S`."""
+    return sys_s > max(FAULTING_SHARE * ms / 1e3, FAULTING_MIN_S)
 
 
 @dataclass
@@ -75,6 +82,13 @@ class Record:
     reference_faults: list[int] = field(default_factory=list)
     fast_faults: list[int] = field(default_factory=list)
     extra: dict[str, float] = field(default_factory=dict)
+
+    def faulted_samples(self, path: str) -> int:
+        """How many timed samples of ``path`` (``reference`` or ``fast``) faulted their memory in
+        (:func:`faulted`): their time is the allocator's as much as the path's."""
+        ms = self.reference_samples_ms if path == "reference" else self.fast_samples_ms
+        sys_s = self.reference_sys_s if path == "reference" else self.fast_sys_s
+        return sum(faulted(k, t) for k, t in zip(sys_s, ms))
 
 
 class PeakMemory:
@@ -181,13 +195,13 @@ def measure_pair(pair: Pair, device: torch.device, log: Callable[[str], None] = 
     for rep in range(pair.reps):
         order = list(paths) if rep % 2 == 0 else list(reversed(paths))
         for path in order:
-            outputs[path], ms, sys_s, faulted = _timed(paths[path], pair.reset, device)
+            outputs[path], ms, sys_s, page_faults = _timed(paths[path], pair.reset, device)
             samples[path].append(ms)
             kernel[path].append(round(sys_s, 3))
-            faults[path].append(faulted)
+            faults[path].append(page_faults)
             log(f"  {pair.name} [{path}] rep {rep + 1}/{pair.reps}: {ms:.1f} ms "
-                f"({sys_s:.2f} s in the kernel, {faulted} page faults)")
-            if sys_s > max(FAULTING_SHARE * ms / 1e3, FAULTING_MIN_S):
+                f"({sys_s:.2f} s in the kernel, {page_faults} page faults)")
+            if faulted(sys_s, ms):
                 log(f"  {pair.name} [{path}] rep {rep + 1}: {sys_s:.1f} s in the kernel (all threads) in "
                     f"{ms / 1e3:.1f} s: this sample faulted its memory in (heap growth), so it times the allocator "
                     "as much as the path")

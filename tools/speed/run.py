@@ -22,6 +22,7 @@ from typing import Sequence
 
 import torch
 
+from data.io import write_text_atomic
 from models.kernels import native
 from utils.allocator import keep_freed_memory
 from utils.training.device import bf16_is_emulated
@@ -40,16 +41,23 @@ def _fmt(value: float | None, spec: str) -> str:
 def table(records: Sequence[Record]) -> str:
     """Markdown table of the records."""
     rows = [
-        "| case | reference ms | fast ms | speed-up | max abs diff | peak MB ref | peak MB fast |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| case | reference ms | fast ms | speed-up | max abs diff | peak MB ref | peak MB fast | faulted ref / fast |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in records:
         rows.append(
             f"| {r.name} | {_fmt(r.reference_ms, '.1f')} | {r.fast_ms:.1f} | "
             f"{_fmt(r.speedup, '.2f') + 'x' if r.speedup else '-'} | {_fmt(r.max_abs_diff, '.2e')} | "
-            f"{_fmt(r.reference_peak_mb, '.0f')} | {_fmt(r.fast_peak_mb, '.0f')} |"
+            f"{_fmt(r.reference_peak_mb, '.0f')} | {_fmt(r.fast_peak_mb, '.0f')} | {_faulted(r)} |"
         )
     return "\n".join(rows)
+
+
+def _faulted(r: Record) -> str:
+    """``faulted/timed`` samples of each path: a row whose samples faulted their memory in times
+    the allocator as much as the paths (the log says which sample)."""
+    ref = f"{r.faulted_samples('reference')}/{len(r.reference_samples_ms)}" if r.reference_samples_ms else "-"
+    return f"{ref} / {r.faulted_samples('fast')}/{len(r.fast_samples_ms)}"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -103,8 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(text)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"meta": meta, "records": [asdict(r) for r in records]}
-        args.json.write_text(json.dumps(payload, indent=2))
+        payload = {"meta": meta, "records": [
+            {**asdict(r), "reference_faulted_samples": r.faulted_samples("reference"),
+             "fast_faulted_samples": r.faulted_samples("fast")} for r in records]}
+        write_text_atomic(args.json, json.dumps(payload, indent=2))
         log.info("wrote %s", args.json)
     return 0
 
