@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check (docs/speed.md, "GPU check"): on a machine with a CUDA GPU, print the versions, run
-# tests/test_cuda.py, the CUDA benchmark, a 20-step bf16 training run on the demo data (and test.py
-# on its checkpoint) and a 2-process torchrun, each step under a timeout, all in under 8 minutes.
+# tests/test_cuda.py and tests/test_triton.py, the CUDA benchmark, a 20-step bf16 training run on
+# the demo data (and test.py on its checkpoint) and a 2-process torchrun, each step under a
+# timeout, all in under 8 minutes.
 #
 #   bash scripts/gpu_check.sh [OUT_DIR]        # default $GPU_CHECK_OUT, else gpu_check_out/
 #
@@ -188,7 +189,7 @@ EOF
 
 pytest_cuda() {
     local junit=$OUT_DIR/pytest_cuda.xml
-    "$PYTHON" -m pytest -q -rs -p no:cacheprovider --junitxml "$junit" tests/test_cuda.py
+    "$PYTHON" -m pytest -q -rs -p no:cacheprovider --junitxml "$junit" tests/test_cuda.py tests/test_triton.py
     local rc=$?
     "$PYTHON" - "$junit" "${GPU_CHECK_FORCE:-0}" <<'EOF' || rc=1
 """A skipped CUDA test on a CUDA machine is a failure."""

@@ -227,7 +227,7 @@ def test_selection_is_per_network_and_changes_no_keys(tiny_config):
     assert set_neuron_impl(net, "fast", "torch") is net and _impls(net) == {("fast", "torch")}
     with pytest.raises(ValueError, match="reference, fast"):
         set_neuron_impl(net, "triton")
-    with pytest.raises(ValueError, match="auto, native, torch"):
+    with pytest.raises(ValueError, match="auto, native, triton, torch"):
         set_neuron_impl(net, "fast", "cupy")
 
 

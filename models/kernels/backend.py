@@ -1,16 +1,21 @@
 """Where the spiking kernels run: the backend choice and the CPU work split.
 
-Two backends compute the same step loops; every kernel takes ``backend`` (:data:`KERNEL_BACKENDS`):
+Three backends compute the same step loops; every kernel takes ``backend`` (:data:`KERNEL_BACKENDS`):
 ``native``: small C kernels (``models/kernels/csrc``, built on first use by
 :mod:`models.kernels.native`) that walk all steps of a block of 64 elements in registers;
+``triton``: NI-LIF's and VLIF's walks as Triton kernels on float32 CUDA tensors
+(:mod:`models.kernels.triton_kernels`, where Triton is installed);
 ``torch``: the same loops as in-place PyTorch operations on cache-sized chunks (CPU without a
-C compiler, CUDA, dtypes other than float32). On CPU the element range is split over
+C compiler, CUDA without Triton, dtypes other than float32). ``auto`` takes the first of
+``native``, ``triton``, ``torch`` that applies to a call. On CPU the element range is split over
 ``torch.get_num_threads()`` threads with a single join per call: the native kernels run their
 parts on PyTorch's own OpenMP threads (:func:`for_native`), the torch backend on Python threads.
 """
 from __future__ import annotations
 
 import ctypes
+import importlib.util
+import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +25,8 @@ import torch
 
 from . import native
 
-KERNEL_BACKENDS = ("auto", "native", "torch")
+KERNEL_BACKENDS = ("auto", "native", "triton", "torch")
+log = logging.getLogger(__name__)
 
 # torch backend on CPU: elements per step handled together. ATen runs an elementwise
 # operation of at most this many elements (its grain size) on the calling thread, so a chunk
@@ -38,6 +44,9 @@ def check_backend(name: str) -> str:
         raise ValueError(f"unknown kernel backend {name!r}; choose one of {', '.join(KERNEL_BACKENDS)}")
     if name == "native" and native.load() is None:
         raise RuntimeError("the native spiking kernels could not be built on this machine")
+    if name == "triton" and not triton_installed():
+        raise RuntimeError("kernel backend 'triton' needs the triton package, which is not installed here; "
+                           "use 'auto' (it falls back to the torch loops) or install triton")
     return name
 
 
@@ -45,9 +54,63 @@ def native_lib(backend: str, *tensors: torch.Tensor, bf16: bool = False):
     """The C kernels if ``backend`` allows them and they apply to these tensors: CPU float32, or
     also bfloat16 with ``bf16=True`` (for the forward kernels, which have bfloat16 instances)."""
     dtypes = (torch.float32, torch.bfloat16) if bf16 else (torch.float32,)
-    if backend == "torch" or any(t.device.type != "cpu" or t.dtype not in dtypes for t in tensors):
+    if backend not in ("auto", "native") or any(t.device.type != "cpu" or t.dtype not in dtypes for t in tensors):
         return None
     return native.load()
+
+
+_triton_failed: list[str] = []  # the first Triton failure of this process, if any
+
+
+def triton_installed() -> bool:
+    """Whether the triton package is installed (it is imported only when a kernel needs it)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_kernels(backend: str, *tensors: torch.Tensor):
+    """The Triton kernels (:mod:`models.kernels.triton_kernels`) if ``backend`` allows them and
+    they apply to these tensors: float32 on CUDA, Triton installed (and, under ``auto``, not failed
+    before in this process). Asked for by name (``backend="triton"``) they also take CPU tensors
+    when Triton's interpreter is on (``TRITON_INTERPRET=1``), as the tests run them; else ``None``."""
+    if (backend not in ("auto", "triton") or (_triton_failed and backend == "auto")
+            or any(t.dtype != torch.float32 for t in tensors) or not triton_installed()):
+        return None
+    on_cuda = all(t.device.type == "cuda" for t in tensors)
+    if not on_cuda and not (backend == "triton" and os.environ.get("TRITON_INTERPRET", "0") == "1"):
+        return None
+    try:
+        from . import triton_kernels
+    except Exception as exc:  # an installed Triton that does not import with this torch
+        triton_failed(exc)
+        return None
+    return triton_kernels
+
+
+def triton_failed(exc: Exception) -> None:
+    """Remember that Triton failed (to import or to compile a kernel) and log it once: the torch
+    loops compute the same spikes for the rest of the process."""
+    if not _triton_failed:
+        _triton_failed.append(repr(exc))
+        log.warning("Triton spiking kernels failed (%s); running the torch loops instead (same results, slower)",
+                    exc)
+
+
+def on_triton(backend: str, call: Callable, *tensors: torch.Tensor):
+    """``call(kernels)`` with the Triton kernels where :func:`triton_kernels` gives them, else
+    ``None`` (the caller runs another backend). Under ``auto`` a kernel that fails to build is
+    logged once and the torch loops take over; asked for by name, the error is raised."""
+    kernels = triton_kernels(backend, *tensors)
+    if kernels is None:
+        return None
+    try:
+        return call(kernels)
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as exc:
+        if backend == "triton":
+            raise
+        triton_failed(exc)
+        return None
 
 
 def native_kernel(lib, name: str, dtype: torch.dtype):

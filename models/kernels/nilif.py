@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from . import native
-from .backend import data_ptr, for_native, for_torch_chunks, native_kernel, native_lib, needs_grad, runs_bf16_natively
+from .backend import (data_ptr, for_native, for_torch_chunks, native_kernel, native_lib, needs_grad, on_triton,
+                      runs_bf16_natively)
 from .common import LOW_PRECISION, NILIF_DECAY, NILIF_LEVELS, patch_to_time, time_to_patch
 
 
@@ -35,6 +36,9 @@ def nilif_forward(x: torch.Tensor, with_mask: bool, backend: str) -> tuple[torch
         kernel = native_kernel(lib, "nilif_forward", x.dtype)
         for_native(N, lambda parts, count, _: kernel(data_ptr(x), data_ptr(spikes), mask_ptr, L, N, parts, count))
         return spikes, mask
+    done = on_triton(backend, lambda k: k.nilif_forward(x, with_mask), x)
+    if done is not None:
+        return done
 
     def body(c: slice) -> None:
         m = x[0, c].clone()
@@ -67,6 +71,9 @@ def nilif_backward(grad_s: torch.Tensor, mask: torch.Tensor, backend: str) -> to
         for_native(N, lambda parts, count, _: lib.nilif_backward(
             data_ptr(grad_s), data_ptr(mask), data_ptr(grad_x), L, N, parts, count))
         return grad_x
+    done = on_triton(backend, lambda k: k.nilif_backward(grad_s.contiguous(), mask), grad_s)
+    if done is not None:
+        return done
 
     def body(c: slice) -> None:
         g = None
@@ -127,6 +134,10 @@ def vlif_forward(x_seq: torch.Tensor, r: int, with_mask: bool, backend: str) -> 
     T, B, C, H, W = x_seq.shape
     h, w = H // r, W // r
     lib = native_lib(backend, x_seq, bf16=True)
+    done = None if lib is not None else on_triton(
+        backend, lambda k: k.vlif_forward(x_seq.detach().contiguous(), r, with_mask), x_seq)
+    if done is not None:
+        return done
     if lib is None:  # reorder, run the plain kernel, reorder back
         y = patch_to_time(x_seq, r)  # [T*r*r, B, C, h, w]
         spikes, mask = nilif_forward(y.view(y.shape[0], -1), with_mask, backend)
@@ -158,6 +169,9 @@ def vlif_backward(grad_y: torch.Tensor, mask: torch.Tensor, shape: list[int], r:
     h, w = H // r, W // r
     grad_y = grad_y.detach().contiguous()
     lib = native_lib(backend, grad_y)
+    done = None if lib is not None else on_triton(backend, lambda k: k.vlif_backward(grad_y, mask, shape, r), grad_y)
+    if done is not None:
+        return done
     if lib is None:
         L = T * r * r
         g = grad_y.view(T, B, C, r * r, h, w).permute(0, 3, 1, 2, 4, 5)  # [T, r*r, B, C, h, w]
