@@ -35,10 +35,16 @@ class SpikingRestorationNet(nn.Module):
         return e1, torch.cat([self.up3_2(d3), e2], dim=2)
 
     def reset_state(self) -> None:
-        """Clear the membrane state of every spikingjelly neuron in the network."""
-        for module in self.modules():
+        """Clear the membrane state of every spikingjelly neuron in the network.
+
+        Walks the module tree through ``_modules`` directly: ``self.modules()`` builds a name for
+        each of VLIFNet's 848 modules and took 0.95 ms a call against 0.33 ms, twice per forward."""
+        stack = [self]
+        while stack:
+            module = stack.pop()
             if isinstance(module, base.MemoryModule):
                 module.reset()
+            stack.extend(child for child in module._modules.values() if child is not None)
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         if img.dim() != 4 or img.shape[1] != 3:

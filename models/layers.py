@@ -169,6 +169,8 @@ class Float32MLP(nn.Sequential):
     than their arithmetic (about 9% of a bf16 inference tile; docs/speed.md)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype not in LOW_PRECISION and not torch.is_autocast_enabled(x.device.type):
+            return super().forward(x)  # nothing to switch off (entering the context costs more than the MLP)
         with torch.autocast(x.device.type, enabled=False):
             return super().forward(x.float() if x.dtype in LOW_PRECISION else x).to(x.dtype)
 
