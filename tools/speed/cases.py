@@ -3,7 +3,9 @@
 Shapes are those of the issue and do not change with ``--quick`` (only repetitions do):
 - neurons, forward + backward on ``x_seq`` ``[4, 2, 48, 128, 128]``: LIF; NI-LIF over the 16
   patch-to-time steps of that input (SMU's neuron); VLIF's spiking part (patch-to-time,
-  NI-LIF, inverse reordering); the whole VLIF layer (plus resize and ``channel_adjust``);
+  NI-LIF, inverse reordering); the whole VLIF layer (plus resize and ``channel_adjust``); on
+  CUDA with Triton, NI-LIF and VLIF's spiking part again, the torch backend's loops against
+  the Triton kernels (``_triton`` rows);
 - a VLIFNet training step (dim 48, batch 12, 64x64, 1 - SSIM loss, AdamW): forward,
   backward and optimizer step;
 - inference of a 481x321 image with the released tiling (80x80 tiles, overlap 8). Reference:
@@ -25,6 +27,7 @@ import torch.nn as nn
 
 from models import build_model
 from models import kernels as fast_kernels
+from models.kernels.backend import triton_kernels
 from models.neurons import VLIF, lif, neuron_impl, ni_lif_reference, patch_to_time, time_to_patch
 from utils.fuse import auto_tile_batch, prepare_for_inference
 from utils.inference import restore, tile_starts
@@ -86,6 +89,17 @@ def neuron_cases(device: torch.device, reps: int) -> list[Pair]:
         "vlif_spikes_fwd_bwd", f"VLIF spiking part (patch-to-time, NI-LIF, inverse) on {list(NEURON_SHAPE)}",
         _fwd_bwd(lambda v: time_to_patch(ni_lif_reference(patch_to_time(v, r)), T, r), x * 2, grad_y, "reference"),
         _fwd_bwd(lambda v: fast_kernels.vlif_spikes(v, r), x * 2, grad_y, "fast"), reps, compare=_grad_rel))
+
+    if device.type == "cuda" and triton_kernels("triton", x) is not None:  # what the Triton kernels replaced
+        for name, what, fn, x_in, g_in in (
+                ("nilif_fwd_bwd_triton", f"NI-LIF over 16 steps, {list(x_ni.shape)}", fast_kernels.ni_lif, x_ni,
+                 grad.view(x_ni.shape)),
+                ("vlif_spikes_fwd_bwd_triton", f"VLIF spiking part on {list(NEURON_SHAPE)}",
+                 lambda v, b: fast_kernels.vlif_spikes(v, r, b), x * 2, grad_y)):
+            cases.append(Pair(
+                name, f"{what}: the torch backend's loops (reference column) against the Triton kernels",
+                _fwd_bwd(lambda v, f=fn: f(v, "torch"), x_in, g_in, "fast"),
+                _fwd_bwd(lambda v, f=fn: f(v, "triton"), x_in, g_in, "fast"), reps, compare=_grad_rel))
 
     layer = VLIF(48, r).to(device)
     cases.append(Pair(
