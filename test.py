@@ -41,12 +41,14 @@ from utils.energy.meter import EnergyMeter
 from utils.energy.report import format_table as format_energy
 from utils.evaluation import format_table, score, summarise, write_csv, write_json
 from utils.figures import contact_sheet, side_by_side
+from utils.cuda_graphs import GraphedForward
 from utils.fuse import prepare_for_inference, resolve_tile_batch
 from utils.inference import restore_stream
 from utils.allocator import keep_freed_memory
 from utils.logger import setup_logging
 from utils.metrics import psnr
 from utils.training.device import pick_device, warn_if_bf16_is_emulated
+from utils.training.guards import RunError
 
 log = logging.getLogger("test")
 SHEET_IMAGES = 32  # the contact sheet shows the first images of a folder, at most this many
@@ -96,8 +98,9 @@ def run(args: argparse.Namespace, items: list[tuple[Path, Path | None]], net: nn
     Images are read as the network needs them: tiles of consecutive images share network calls.
     """
     inputs = (read_image(path) for path, _ in items)
+    forward = GraphedForward(net) if args.cuda_graphs and net is not None else net
     pairs = ((img, img) for img in inputs) if net is None else restore_stream(
-        net, inputs, args.crop_size, args.overlap_size, args.tile_batch, device)
+        forward, inputs, args.crop_size, args.overlap_size, args.tile_batch, device)
     bar = tqdm(zip(items, pairs), total=len(items), desc="derain" if net is not None else "score",
                dynamic_ncols=True)
     amp = AMP_DTYPES.get(args.amp)
@@ -188,6 +191,8 @@ def evaluate_folder(args: argparse.Namespace) -> tuple[list[dict], list[dict], d
     """
     items = collect(args)
     device = pick_device(args.device)
+    if args.cuda_graphs and device.type != "cuda" and not args.metrics_only:
+        raise RunError(f"--cuda_graphs needs a CUDA device; this run is on {device} (see --device)")
     net = None if args.metrics_only else load_network(args, device)[0]
     with output_dir(args.save_path, "--save_path"):
         meter = EnergyMeter(net) if args.energy and net is not None else contextlib.nullcontext()
@@ -239,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.save_path is None:
             args.save_path = args.data_path if args.metrics_only else Path("results") / args.weights.stem
         evaluate_folder(args)
-    except (DataError, CheckpointError, BenchmarkError) as exc:
+    except (DataError, CheckpointError, BenchmarkError, RunError) as exc:
         log.error("%s", exc)
         return 2
     return 0

@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "averaged over the images; written to energy.json")
     add_network_args(p, from_checkpoint=True)
     add_inference_args(p)
+    p.add_argument("--cuda_graphs", action=argparse.BooleanOptionalAction, default=False,
+                   help="on CUDA, record each tile batch shape's forward once as a CUDA graph and replay it "
+                        "(the same kernels and results, without launching some 2,000 kernels per call; "
+                        "docs/speed.md); not with --energy, whose hooks do not run on a replay")
     p.add_argument("--fold_bn", action=argparse.BooleanOptionalAction, default=True,
                    help="fold each eval-mode batch norm into the convolution before it and run each VLIF's 1x1 "
                         "channel_adjust before its resize (the same function in fewer operations, float rounding "
@@ -99,6 +103,10 @@ def parse_test_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--metrics_only needs --target_path")
     if not args.metrics_only and args.weights is None:
         parser.error("--weights is required to derain (or use --metrics_only to score existing results)")
+    if args.cuda_graphs and args.energy:
+        parser.error("--cuda_graphs cannot be combined with --energy: the energy hooks do not run on a graph replay")
+    if args.cuda_graphs and args.device == "cpu":
+        parser.error("--cuda_graphs needs a CUDA device; --device is cpu")
     if args.overlap_size >= args.crop_size > 0:
         parser.error(f"--overlap_size ({args.overlap_size}) must be smaller than --crop_size ({args.crop_size})")
     return args

@@ -16,7 +16,7 @@ import torch
 from cli_helpers import load_script
 from data.io import DataError, write_png
 from models import build_model
-from options.test_options import build_parser
+from options.test_options import build_parser, parse_test_args
 from utils.checkpoint import CheckpointError, atomic_save, make_checkpoint, read_checkpoint
 from utils.evaluation import write_csv, write_json
 
@@ -160,3 +160,23 @@ def test_help_states_each_default_once_and_never_none(capsys):
     doubled = [o for o in options if o.count("(default") > 1]
     assert not doubled, doubled
     assert "(default: 80)" in text and "(default: False)" in text  # the formatter still adds real defaults
+
+
+# ----------------------------------------------------------------------------- --cuda_graphs off CUDA
+@pytest.mark.parametrize("extra, message", [
+    (["--device", "cpu"], "--cuda_graphs needs a CUDA device; --device is cpu"),
+    (["--energy"], "--cuda_graphs cannot be combined with --energy"),
+])
+def test_cuda_graphs_flag_conflicts_are_refused(capsys, extra, message):
+    with pytest.raises(SystemExit):
+        parse_test_args(["--data_path", "x", "--weights", "w.pth", "--cuda_graphs", *extra])
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
+def test_cuda_graphs_without_cuda_says_so(tmp_path, pipeline_write_pairs, tiny_weights, caplog):
+    data = pipeline_write_pairs(tmp_path / "d", names=("a",), size=(16, 16))
+    with caplog.at_level(logging.ERROR):
+        assert _test_py(data, tiny_weights, tmp_path / "out", "--cuda_graphs") == 2
+    assert "--cuda_graphs needs a CUDA device; this run is on cpu" in caplog.text
+    assert not (tmp_path / "out").exists()

@@ -17,6 +17,7 @@ from data.io import DataError, read_image, to_tensor, to_uint8, write_png
 from models import build_model
 from options.train_options import parse_train_args
 from utils.losses import SSIMLoss, ssim_differentiable, ssim_map
+from utils.cuda_graphs import GraphedForward
 from utils.inference import blend_weight, restore, restore_stream, tile_starts
 from utils.training.firing import firing_rate
 from utils.training.rng import get_rng_state, set_rng_state
@@ -329,3 +330,21 @@ def test_firing_rate_counts_lif_outputs(tiny_config):
         net(torch.rand(1, 3, 16, 16))
     assert rate["neurons"] > 10 and 0.0 < rate["rate"] < 1.0
     assert not any(m._forward_hooks for m in net.modules())
+
+
+def test_graphed_forward_runs_the_network_itself_off_cuda():
+    """On CPU input (and with gradients on) nothing is recorded: the network runs as it is."""
+    calls = []
+
+    def net(x: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape)
+        return x * 2
+
+    forward = GraphedForward(net)
+    x = torch.rand(2, 3, 8, 8)
+    expected = restore(net, x, 4, 1, tile_batch=3)
+    eager_calls = len(calls)
+    assert torch.equal(restore(forward, x, 4, 1, tile_batch=3), expected)
+    assert len(calls) == 2 * eager_calls  # every tile batch went through the network itself
+    assert torch.equal(forward(x.requires_grad_()), x * 2)
+    assert forward.graphs == {} and not forward.failed

@@ -17,20 +17,21 @@ size from 1x1 works.
 from __future__ import annotations
 
 from collections import deque
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 from data.io import to_tensor, to_uint8
 
 __all__ = ["restore", "restore_stream"]
 
+Forward = Callable[[torch.Tensor], torch.Tensor]  # a network in eval mode, or its CUDA-graphed forward
+
 
 @torch.inference_mode()
 def restore(
-    net: nn.Module, x: torch.Tensor, crop_size: int = 80, overlap: int = 8, tile_batch: int = 16
+    net: Forward, x: torch.Tensor, crop_size: int = 80, overlap: int = 8, tile_batch: int = 16
 ) -> torch.Tensor:
     """Derain ``x`` ``[B, 3, H, W]`` in [0, 1]: released tiling, or the whole image when ``crop_size == 0``.
 
@@ -44,7 +45,7 @@ def restore(
 
 
 def restore_stream(
-    net: nn.Module, images: Iterable[np.ndarray], crop_size: int = 80, overlap: int = 8, tile_batch: int = 16,
+    net: Forward, images: Iterable[np.ndarray], crop_size: int = 80, overlap: int = 8, tile_batch: int = 16,
     device: torch.device | str = "cpu",
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """:func:`restore` over a stream of RGB ``uint8`` ``HxWx3`` images; yields ``(image, restored)``
@@ -115,7 +116,7 @@ class _Job:
 
 @torch.inference_mode()
 def _tiled_stream(
-    net: nn.Module, images: Iterable[torch.Tensor], crop_size: int, overlap: int, tile_batch: int
+    net: Forward, images: Iterable[torch.Tensor], crop_size: int, overlap: int, tile_batch: int
 ) -> Iterator[torch.Tensor]:
     """Released tiled inference over a stream of ``[B, 3, H, W]`` tensors, yielding each output in order.
 

@@ -14,7 +14,8 @@ For the training step and the inference case two more rows: ``_bf16`` (fast fp32
 reference column against fast under bf16 autocast; left out with ``bf16=False``) and
 ``_conv_floor`` (fast fp32 in the reference column against the same convolutions run alone,
 :mod:`tools.speed.floor`, timed interleaved so that a slow phase of the machine hits both: its
-speed-up column reads fast / floor).
+speed-up column reads fast / floor). On CUDA the inference case has one more: ``_cuda_graphs``
+(fast fp32 against the same replayed from CUDA graphs, as ``test.py --cuda_graphs``).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from models import build_model
 from models import kernels as fast_kernels
 from models.kernels.backend import triton_kernels
 from models.neurons import VLIF, lif, neuron_impl, ni_lif_reference, patch_to_time, time_to_patch
+from utils.cuda_graphs import GraphedForward
 from utils.fuse import auto_tile_batch, prepare_for_inference
 from utils.inference import restore, tile_starts
 from utils.losses import SSIMLoss
@@ -172,11 +174,11 @@ def inference_cases(device: torch.device, reps: int, quick: bool, bf16: bool = T
     img = torch.rand(1, 3, *IMAGE_HW, generator=g).to(device)
     tile = img[..., :CROP, :CROP]
 
-    def run(impl: str, model: torch.nn.Module, batch: int, image: torch.Tensor,
-            amp: bool = False) -> Callable[[], torch.Tensor]:
+    def run(impl: str, model: torch.nn.Module, batch: int, image: torch.Tensor, amp: bool = False,
+            forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Callable[[], torch.Tensor]:
         def go() -> torch.Tensor:
             with neuron_impl(model, impl), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                return restore(model, image, CROP, OVERLAP, tile_batch=batch).float()
+                return restore(forward or model, image, CROP, OVERLAP, tile_batch=batch).float()
         return go
 
     def warm(impl: str, model: torch.nn.Module, batch: int, amp: bool = False) -> Callable[[], torch.Tensor]:
@@ -203,6 +205,12 @@ def inference_cases(device: torch.device, reps: int, quick: bool, bf16: bool = T
             run("fast", fast_net, tile_batch, img), run("fast", bf16_net, bf16_batch, img, amp=True), reps,
             warmup_reference=warm("fast", fast_net, tile_batch), warmup_fast=warm("fast", bf16_net, bf16_batch, amp=True),
             compare=_image_diff))
+    if device.type == "cuda":  # the first call of the row (its warm-up) records the graphs
+        cases.append(Pair(
+            f"tiled_inference_{w}x{h}_cuda_graphs", f"the same image: fast fp32 (reference column) against the "
+            f"same replayed from CUDA graphs as test.py --cuda_graphs runs it ({tile_batch} tiles per call)",
+            run("fast", fast_net, tile_batch, img),
+            run("fast", fast_net, tile_batch, img, forward=GraphedForward(fast_net)), reps, compare=_image_diff))
     calls = record_convs(fast_net, warm("fast", fast_net, tile_batch))
     network_calls = -(-len(tile_starts(h, CROP, CROP - OVERLAP)) * len(tile_starts(w, CROP, CROP - OVERLAP))
                       // tile_batch)
