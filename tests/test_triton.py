@@ -2,9 +2,10 @@
 the backend's fallback when Triton fails.
 
 The kernels run on CUDA; without a GPU they run on CPU tensors under Triton's interpreter
-(``TRITON_INTERPRET=1`` set before the first import of Triton, as ``.ci/run`` does in a step of
-its own). Where neither is available (triton not installed, or no GPU and no interpreter), the
-kernel tests skip; the fallback tests run everywhere.
+(``TRITON_INTERPRET=1`` set before the first import of Triton), and Triton compiles them for a
+Hopper GPU all the same (outside the interpreter), as ``.ci/run`` does in a step of its own.
+Where triton is not installed, or there is neither a GPU nor the interpreter, those tests skip;
+the fallback tests run everywhere.
 """
 from __future__ import annotations
 
@@ -96,6 +97,49 @@ def test_triton_vlif_layer_and_network_identical_to_reference():
     assert torch.equal(out, out_ref)
 
 
+# ------------------------------------------------------------------ built for a GPU, without one
+def _builds() -> list[tuple[str, dict, dict]]:
+    """(kernel, signature, constants) for each kernel with and without its mask, r = 2 and 3, and
+    sizes of 1, which Triton turns into constants."""
+    fp, b1 = "*fp32", "*i1"
+    nilif = {"x_ptr": fp, "s_ptr": fp, "mask_ptr": b1, "L": "i32", "N": "i32"}
+    vlif = {"x_ptr": fp, "s_ptr": fp, "mask_ptr": b1, "T": "i32", "BC": "i32", "h": "i32", "w": "i32", "step": "i32"}
+    grad_vlif = {"g_ptr": fp, "mask_ptr": b1, "out_ptr": fp, "T": "i32", "BC": "i32", "h": "i32", "w": "i32",
+                 "step": "i32", "last_step": "i64"}
+    grad_nilif = {"g_ptr": fp, "mask_ptr": b1, "out_ptr": fp, "L": "i32", "N": "i32", "last_step": "i64"}
+    builds = []
+    for mask in (True, False):
+        builds.append(("_nilif_forward_kernel", nilif, {"WITH_MASK": mask, "BLOCK": 1024}))
+        for r in (2, 3):
+            builds.append(("_vlif_forward_kernel", vlif, {"WITH_MASK": mask, "BLOCK": 1024, "R": r}))
+    builds.append(("_nilif_backward_kernel", grad_nilif, {"BLOCK": 1024}))
+    builds.append(("_vlif_backward_kernel", grad_vlif, {"BLOCK": 1024, "R": 2}))
+    builds.append(("_vlif_backward_kernel", {**grad_vlif, "h": "constexpr", "w": "constexpr", "T": "constexpr"},
+                   {"BLOCK": 1024, "R": 3, "h": 1, "w": 1, "T": 1}))
+    builds.append(("_nilif_forward_kernel", {**nilif, "L": "constexpr"}, {"WITH_MASK": True, "BLOCK": 1024, "L": 1}))
+    return builds
+
+
+@pytest.mark.skipif(not backend.triton_installed() or INTERPRETED,
+                    reason="needs triton, not under its interpreter (which runs kernels instead of building them)")
+@pytest.mark.parametrize("kernel, signature, constants", _builds())
+def test_triton_kernels_compile_for_a_gpu_without_fused_multiply_adds(kernel, signature, constants):
+    """Triton compiles each kernel to machine code for a Hopper GPU (sm_90) with no GPU present,
+    and its PTX has no fused multiply-add: every product and sum rounds as PyTorch's do."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from models.kernels import triton_kernels
+
+    source = ASTSource(fn=getattr(triton_kernels, kernel), signature={
+        **signature, **{name: "constexpr" for name in constants}}, constexprs=constants)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=triton_kernels.LAUNCH)
+    assert compiled.asm["cubin"]
+    ptx = compiled.asm["ptx"]
+    assert "st.global" in ptx and "fma." not in ptx
+
+
 # ------------------------------------------------------------------ fallback (no Triton needed)
 class _Broken:
     """Stands for a Triton install whose kernels fail to build."""
@@ -104,7 +148,7 @@ class _Broken:
         raise RuntimeError("PTX assembly failed")
 
 
-def test_triton_build_failure_falls_back_under_auto(monkeypatch, caplog):
+def test_triton_kernel_failure_falls_back_under_auto(monkeypatch, caplog):
     monkeypatch.setattr(backend, "_triton_failed", [])
     monkeypatch.setattr(backend, "triton_kernels",
                         lambda name, *t: None if backend._triton_failed and name == "auto" else _Broken())

@@ -1,37 +1,31 @@
 """NI-LIF and VLIF kernels in Triton for CUDA: the same spikes, masks and gradients as the C kernels.
 
-The ``torch`` backend walks NI-LIF's steps as whole-tensor operations: on a GPU, five kernel
-launches and a pass over memory per step (80 for VLIF's and the SMU's 16 steps). These kernels
+The ``torch`` backend walks NI-LIF's steps as whole-tensor operations: on a GPU, seven kernel
+launches and passes over memory per step (112 for VLIF's and the SMU's 16 steps). These kernels
 walk all steps of a block of elements in registers, reading each input once and writing each
 spike (and each 1-byte mask value) once; VLIF's kernels read and write the patch-to-time layouts
 directly, as the C kernels do (``csrc/forward.h``).
 
-Exact by construction: the membrane update ``(m - s) * 0.25 + x`` rounds as PyTorch's
-operations do (the product by 0.25 is exact, so a fused multiply-add gives the same bits), and
-the quantiser ``round(clamp(m, 0, 4)) / 4`` (round half to even) is written as comparisons:
+Exact by construction: the kernels are built without fused multiply-adds, so the membrane
+update ``(m - s) * 0.25 + x`` rounds as PyTorch's separate operations do, and the quantiser ``round(clamp(m, 0, 4)) / 4`` (round half to even) is written as comparisons:
 on ``[0, 4]`` it counts the thresholds 0.5, 1.5, 2.5 and 3.5 that ``m`` passes, ties going to
 the even level; NaN stays NaN. The backward computes the reference's
 ``dL/ds_t * [0 <= m_t <= 4] / 4 + 0.25 * dL/dm_{t+1}`` with the same roundings.
 
-Imported only where Triton is installed (:func:`load`). Under Triton's interpreter
-(``TRITON_INTERPRET=1`` before this module is imported) the kernels also run on CPU tensors,
-which is how the tests check them on machines without a GPU.
+Imported only where Triton is installed (:func:`models.kernels.backend.triton_kernels`). Under
+Triton's interpreter (``TRITON_INTERPRET=1`` before this module is imported) the kernels also
+run on CPU tensors, which is how the tests check them on machines without a GPU; and Triton
+builds them for a GPU without one (``tests/test_triton.py``).
 """
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
 import triton.language as tl
 
 BLOCK = 1024  # elements (NI-LIF) or output sites (VLIF) per program
-WARPS = 4
-
-
-def interpreted() -> bool:
-    """Whether Triton's interpreter runs these kernels (they then take CPU tensors)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+# no fused multiply-adds: every product and sum rounds on its own, as PyTorch's kernels do
+LAUNCH = dict(num_warps=4, enable_fp_fusion=False)
 
 
 @triton.jit
@@ -173,7 +167,7 @@ def nilif_forward(x: torch.Tensor, with_mask: bool) -> tuple[torch.Tensor, torch
     mask = torch.empty(L, N if with_mask else 0, dtype=torch.bool, device=x.device)
     if x.numel():
         _nilif_forward_kernel[_grid(N)](x, spikes, mask if with_mask else spikes, L, N, WITH_MASK=with_mask,
-                                        BLOCK=BLOCK, num_warps=WARPS)
+                                        BLOCK=BLOCK, **LAUNCH)
     return spikes, mask
 
 
@@ -182,7 +176,7 @@ def nilif_backward(grad_s: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     L, N = grad_s.shape
     grad_x = torch.empty_like(grad_s)
     if grad_s.numel():
-        _nilif_backward_kernel[_grid(N)](grad_s, mask, grad_x, L, N, (L - 1) * N, BLOCK=BLOCK, num_warps=WARPS)
+        _nilif_backward_kernel[_grid(N)](grad_s, mask, grad_x, L, N, (L - 1) * N, BLOCK=BLOCK, **LAUNCH)
     return grad_x
 
 
@@ -196,7 +190,7 @@ def vlif_forward(x_seq: torch.Tensor, r: int, with_mask: bool) -> tuple[torch.Te
     if spikes.numel():
         _vlif_forward_kernel[_grid(B * C * h * w)](x_seq, spikes, mask if with_mask else spikes, T, B * C, h, w,
                                                    B * C * H * W,
-                                                   WITH_MASK=with_mask, BLOCK=BLOCK, R=r, num_warps=WARPS)
+                                                   WITH_MASK=with_mask, BLOCK=BLOCK, R=r, **LAUNCH)
     return spikes, mask
 
 
@@ -207,5 +201,5 @@ def vlif_backward(grad_y: torch.Tensor, mask: torch.Tensor, shape: list[int], r:
     grad_x = grad_y.new_empty(shape)
     if grad_x.numel():
         _vlif_backward_kernel[_grid(B * C * h * w)](grad_y, mask, grad_x, T, B * C, h, w, B * C * H * W,
-                                                    (T - 1) * B * C * H * W, BLOCK=BLOCK, R=r, num_warps=WARPS)
+                                                    (T - 1) * B * C * H * W, BLOCK=BLOCK, R=r, **LAUNCH)
     return grad_x
