@@ -781,6 +781,38 @@ def test_gradient_free_bf16_runs_the_bf16_kernels_exactly():
 
 
 @pytest.mark.skipif(native.load() is None, reason="no C compiler: the bf16 kernels are native only")
+def test_bf16_training_runs_the_bf16_kernels():
+    """Mixed-precision training: bfloat16 input with gradients goes to the bfloat16 instances of
+    the LIF, NI-LIF and VLIF kernels, forward and backward, with no conversion copies, and gives
+    what the float32 kernels give between conversions: the same spikes, and the same gradients
+    rounded once (NI-LIF and VLIF bit for bit; LIF, whose backward is built with fast math,
+    within one bfloat16 step)."""
+    bf16 = torch.bfloat16
+    torch.manual_seed(3)
+    x = (torch.randn(4, 2, 3, 8, 10) * 2).to(bf16)
+    x.view(-1)[:2] = torch.tensor([float("nan"), 0.5])
+    v0 = torch.zeros(x.shape[1:])
+    grad = torch.randn(x.shape).to(bf16)
+    grad_vlif = torch.randn(8, 12, 4, 5).to(bf16)
+    cases = {  # name: (bf16 in and out, float32 between conversions, incoming gradient)
+        "nilif": (kernels.ni_lif, lambda v: kernels.ni_lif(v.float()).to(bf16), grad),
+        "vlif": (lambda v: kernels.vlif_spikes(v, 2), lambda v: kernels.vlif_spikes(v.float(), 2).to(bf16), grad_vlif),
+        "lif": (lambda v: kernels.lif_multi_step(v * 0.1, v0, 2.0, 0.15, 4.0)[0],
+                lambda v: kernels.lif_multi_step((v * 0.1).float(), v0, 2.0, 0.15, 4.0)[0].to(bf16), grad),
+    }
+    for name, (direct, converted, g) in cases.items():
+        with _Conversions() as conv:
+            y, gx = _fwd_bwd(direct, x, g)
+        assert not [c for c in conv.seen if c[2] > v0.numel()], f"{name}: bf16 converted: {conv.seen}"
+        y_ref, gx_ref = _fwd_bwd(converted, x, g)
+        assert y.dtype == gx.dtype == bf16, name
+        torch.testing.assert_close(y, y_ref, rtol=0, atol=0, equal_nan=True, msg=name)
+        tol = 2 ** -7 if name == "lif" else 0
+        torch.testing.assert_close(gx, gx_ref, rtol=tol, atol=0, equal_nan=True, msg=name)
+        assert gx.float().nan_to_num().abs().sum() > 0, name
+
+
+@pytest.mark.skipif(native.load() is None, reason="no C compiler: the bf16 kernels are native only")
 def test_bf16_inference_keeps_activations_in_bf16(tiny_config):
     """``prepare_for_inference(amp=torch.bfloat16)`` under autocast: convolution weights stored in
     bf16 (the attention MLPs excepted), no activation converted between layers (only the output

@@ -126,6 +126,14 @@ def bf16_lib(x: torch.Tensor, backend: str = "auto"):
     return native_lib(backend, x, bf16=True)
 
 
+def neuron_takes_bf16(x: torch.Tensor, backend: str) -> bool:
+    """Whether LIF, NI-LIF and VLIF take bfloat16 ``x`` as it is, with or without gradients: the C
+    kernels' bfloat16 instances of their forward and backward (bfloat16 spikes and gradients,
+    float32 arithmetic, each value rounded once: what the float32 kernels give between
+    conversions, without the conversions' four passes over memory)."""
+    return x.dtype == torch.bfloat16 and native_lib(backend, x, bf16=True) is not None
+
+
 def runs_bf16_natively(x: torch.Tensor, backend: str) -> bool:
     """Whether ``x``, a gradient-free bfloat16 tensor, goes to the bfloat16 instances of the
     forward C kernels as it is (:func:`bf16_lib`). Otherwise low-precision input is converted to

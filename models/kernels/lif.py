@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from .backend import data_ptr, for_native, for_torch_chunks, native_kernel, native_lib, needs_grad, runs_bf16_natively
+from .backend import data_ptr, for_native, for_torch_chunks, native_kernel, native_lib, needs_grad, neuron_takes_bf16
 from .common import LOW_PRECISION
 
 
@@ -30,7 +30,7 @@ def lif_forward(
     x, v0 = x.detach(), v0.detach().contiguous()
     L, N = x.shape
     spikes = torch.empty_like(x)
-    charged = torch.empty_like(x) if keep_h else x.new_empty(0)
+    charged = torch.empty_like(x, dtype=torch.float32) if keep_h else x.new_empty(0)  # float32 for bfloat16 x too
     v_out = torch.empty_like(v0)
     lib = native_lib(backend, x, bf16=True) if v0.dtype == torch.float32 else None
     if lib is not None:
@@ -60,19 +60,22 @@ def lif_forward(
 
 @lif_forward.register_fake
 def _(x: torch.Tensor, v0: torch.Tensor, tau: float, v_th: float, keep_h: bool, backend: str):
-    return torch.empty_like(x), torch.empty_like(x) if keep_h else x.new_empty(0), torch.empty_like(v0)
+    charged = torch.empty_like(x, dtype=torch.float32) if keep_h else x.new_empty(0)
+    return torch.empty_like(x), charged, torch.empty_like(v0)
 
 
 @torch.library.custom_op("spiking_derain::lif_backward", mutates_args=())
 def lif_backward(grad_s: torch.Tensor, h: torch.Tensor, tau: float, v_th: float, alpha: float,
                  backend: str) -> torch.Tensor:
-    """``dL/dx`` ``[L, N]`` from contiguous ``dL/ds`` and the saved charged membranes ``h``."""
+    """``dL/dx`` ``[L, N]`` from contiguous ``dL/ds`` and the saved charged membranes ``h``; ``dL/ds``
+    float32, or bfloat16 for the native backend (float32 arithmetic, each gradient rounded once)."""
     grad_s = grad_s.detach()
     L, N = grad_s.shape
     grad_x = torch.empty_like(grad_s)
-    lib = native_lib(backend, grad_s)
+    lib = native_lib(backend, grad_s, bf16=True)
     if lib is not None:
-        for_native(N, lambda parts, count, _: lib.lif_backward(
+        kernel = native_kernel(lib, "lif_backward", grad_s.dtype)
+        for_native(N, lambda parts, count, _: kernel(
             data_ptr(grad_s), data_ptr(h), data_ptr(grad_x), L, N, parts, count, tau, v_th, alpha))
         return grad_x
 
@@ -129,9 +132,10 @@ def lif_multi_step(
     ``v0`` is a constant (no gradient flows into it): :class:`models.neurons.LIF` only calls
     this on a freshly reset or gradient-free state. bfloat16 / float16 input (mixed precision):
     membranes in float32, spikes returned in the input's dtype, the final membrane in float32;
-    gradient-free bfloat16 goes to the native kernel's bfloat16 instance without conversions.
+    bfloat16 on the CPU goes to the native kernels' bfloat16 instances without conversions, in
+    training too.
     """
-    if x_seq.dtype in LOW_PRECISION and not runs_bf16_natively(x_seq, backend):
+    if x_seq.dtype in LOW_PRECISION and not neuron_takes_bf16(x_seq, backend):
         spikes, v = lif_multi_step(x_seq.float(), v0.float(), tau, v_th, alpha, backend)
         return spikes.to(x_seq.dtype), v
     if needs_grad(x_seq):

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from . import native
-from .backend import (data_ptr, for_native, for_torch_chunks, native_kernel, native_lib, needs_grad, on_triton,
-                      runs_bf16_natively)
+from .backend import (data_ptr, for_native, for_torch_chunks, native_kernel, native_lib, needs_grad,
+                      neuron_takes_bf16, on_triton, runs_bf16_natively)
 from .common import LOW_PRECISION, NILIF_DECAY, NILIF_LEVELS, patch_to_time, time_to_patch
 
 
@@ -62,13 +62,15 @@ def _(x: torch.Tensor, with_mask: bool, backend: str) -> tuple[torch.Tensor, tor
 
 @torch.library.custom_op("spiking_derain::nilif_backward", mutates_args=())
 def nilif_backward(grad_s: torch.Tensor, mask: torch.Tensor, backend: str) -> torch.Tensor:
-    """``dL/dx`` ``[L, N]`` from contiguous ``dL/ds`` ``[L, N]`` and the forward mask."""
+    """``dL/dx`` ``[L, N]`` from contiguous ``dL/ds`` ``[L, N]`` and the forward mask; float32, or
+    bfloat16 for the native backend (the recurrence in float32, each gradient rounded once)."""
     grad_s = grad_s.detach()
     L, N = grad_s.shape
     grad_x = torch.empty_like(grad_s)
-    lib = native_lib(backend, grad_s)
+    lib = native_lib(backend, grad_s, bf16=True)
     if lib is not None:
-        for_native(N, lambda parts, count, _: lib.nilif_backward(
+        kernel = native_kernel(lib, "nilif_backward", grad_s.dtype)
+        for_native(N, lambda parts, count, _: kernel(
             data_ptr(grad_s), data_ptr(mask), data_ptr(grad_x), L, N, parts, count))
         return grad_x
     done = on_triton(backend, lambda k: k.nilif_backward(grad_s.contiguous(), mask), grad_s)
@@ -118,8 +120,9 @@ def ni_lif(x_seq: torch.Tensor, backend: str = "auto") -> torch.Tensor:
 
     bfloat16 / float16 input (mixed precision): the membranes and spikes are computed in
     float32 and the spikes returned in the input's dtype (exact: they are multiples of 1/4);
-    gradient-free bfloat16 goes to the native kernel's bfloat16 instance without conversions."""
-    if x_seq.dtype in LOW_PRECISION and not runs_bf16_natively(x_seq, backend):
+    bfloat16 on the CPU goes to the native kernels' bfloat16 instances without conversions, in
+    training too (the same spikes and gradients as between conversions)."""
+    if x_seq.dtype in LOW_PRECISION and not neuron_takes_bf16(x_seq, backend):
         return ni_lif(x_seq.float(), backend).to(x_seq.dtype)
     if needs_grad(x_seq):
         return NILIFFunction.apply(x_seq, backend)
@@ -168,7 +171,7 @@ def vlif_backward(grad_y: torch.Tensor, mask: torch.Tensor, shape: list[int], r:
     T, B, C, H, W = shape
     h, w = H // r, W // r
     grad_y = grad_y.detach().contiguous()
-    lib = native_lib(backend, grad_y)
+    lib = native_lib(backend, grad_y, bf16=True)
     done = None if lib is not None else on_triton(backend, lambda k: k.vlif_backward(grad_y, mask, shape, r), grad_y)
     if done is not None:
         return done
@@ -180,7 +183,8 @@ def vlif_backward(grad_y: torch.Tensor, mask: torch.Tensor, shape: list[int], r:
         g = g.view(T, r * r, B, C, h, w).permute(0, 2, 3, 1, 4, 5)  # [T, B, C, r*r, h, w]
         return F.pixel_shuffle(g.reshape(T * B, C * r * r, h, w), r).reshape(shape)  # [T, B, C, H, W]
     grad_x = grad_y.new_empty(shape)
-    for_native(B * C * h, lambda parts, count, _: lib.vlif_backward(
+    kernel = native_kernel(lib, "vlif_backward", grad_y.dtype)
+    for_native(B * C * h, lambda parts, count, _: kernel(
         data_ptr(grad_y), data_ptr(mask), data_ptr(grad_x), T, B * C, H, W, r, parts, count),
         unit=w * T * r * r, align=1)
     return grad_x
@@ -214,7 +218,7 @@ def vlif_spikes(x_seq: torch.Tensor, r: int, backend: str = "auto") -> torch.Ten
     """Fast ``time_to_patch(ni_lif(patch_to_time(x_seq, r)), T, r)``: ``[T*B, C*r*r, H/r, W/r]``."""
     if x_seq.shape[-2] % r or x_seq.shape[-1] % r:
         raise ValueError(f"patch-to-time needs H and W divisible by r={r}, got {tuple(x_seq.shape[-2:])}")
-    if x_seq.dtype in LOW_PRECISION and not runs_bf16_natively(x_seq, backend):  # membranes in float32, as ni_lif
+    if x_seq.dtype in LOW_PRECISION and not neuron_takes_bf16(x_seq, backend):  # membranes in float32, as ni_lif
         return vlif_spikes(x_seq.float(), r, backend).to(x_seq.dtype)
     if needs_grad(x_seq):
         return VLIFSpikeFunction.apply(x_seq, r, backend)

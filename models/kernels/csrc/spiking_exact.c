@@ -5,14 +5,15 @@
  * bit-identical. Tensors are row-major [L, N] float32 (step-major); each function's serial
  * body (suffix _part) handles the columns [lo, hi), and its entry point runs the parts of a call
  * (parts.h) in parallel. Columns are processed in blocks of BLOCK, whose state stays in
- * registers / L1 for all steps. The forward kernels (forward.h)
- * also have bfloat16 instances (suffix _bf16) for mixed-precision inference: bfloat16 tensors in
- * and out, float32 arithmetic in between.
+ * registers / L1 for all steps. The forward kernels (forward.h) and the NI-LIF and VLIF backward
+ * kernels (backward.h) also have bfloat16 instances (suffix _bf16) for mixed precision: bfloat16
+ * tensors in and out, float32 arithmetic in between.
  */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 
+#include "bf16.h"
 #include "bilinear.h"
 #include "parts.h"
 
@@ -27,45 +28,30 @@ static inline float nilif_spike(float mm)
     return nearbyintf(c) / 4.0f;
 }
 
-/* bfloat16 storage: the upper 16 bits of a float32. Widening is exact; narrowing rounds to
- * nearest even with NaN -> 0x7FC0, as c10::BFloat16 does. */
-typedef uint16_t bf16;
-
-static inline float bf16_to_float(bf16 v)
-{
-    const uint32_t u = (uint32_t)v << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-static inline bf16 float_to_bf16(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    if (f != f)
-        return 0x7FC0;
-    return (bf16)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
-
 #define KT float
 #define KLOAD(v) (v)
 #define KSTORE(v) (v)
+#define KSPIKE(v) (v)
 #define KNAME(f) f
 #include "forward.h"
+#include "backward.h"
 #undef KT
 #undef KLOAD
 #undef KSTORE
+#undef KSPIKE
 #undef KNAME
 
 #define KT bf16
 #define KLOAD(v) bf16_to_float(v)
 #define KSTORE(v) float_to_bf16(v)
+#define KSPIKE(v) spike_to_bf16(v)
 #define KNAME(f) f##_bf16
 #include "forward.h"
+#include "backward.h"
 #undef KT
 #undef KLOAD
 #undef KSTORE
+#undef KSPIKE
 #undef KNAME
 
 /* The attention gates' pooling in bfloat16 inference: mean and max in one pass, float32 sums.
@@ -240,50 +226,6 @@ static void sdem_mix_part(const float *u, const float *h, float *out, float high
     }
 }
 
-/* NI-LIF backward: g_t = gs_t * mask_t / 4 + 0.25 * g_{t+1}; dL/dx_t = g_t. */
-static void nilif_backward_part(const float *gs, const uint8_t *mask, float *gx, int64_t L, int64_t N, int64_t lo,
-                                int64_t hi)
-{
-    float g[BLOCK];
-    for (int64_t n0 = lo; n0 < hi; n0 += BLOCK) {
-        const int64_t nb = hi - n0 < BLOCK ? hi - n0 : BLOCK;
-        for (int64_t t = L - 1; t >= 0; --t) {
-            const float *gt = gs + t * N + n0;
-            const uint8_t *mt = mask + t * N + n0;
-            float *ot = gx + t * N + n0;
-            for (int64_t j = 0; j < nb; ++j) {
-                const float local = gt[j] * (float)mt[j] / 4.0f;
-                g[j] = t == L - 1 ? local : local + g[j] * 0.25f;
-                ot[j] = g[j];
-            }
-        }
-    }
-}
-
-/* Backward of vlif_forward: gs and mask in the spike layout, gx in the input layout. */
-static void vlif_backward_part(const float *gs, const uint8_t *mask, float *gx, int64_t T, int64_t P, int64_t H,
-                               int64_t W, int64_t r, int64_t lo, int64_t hi)
-{
-    const int64_t h = H / r, w = W / r, rr = r * r, L = T * rr;
-    float g[BLOCK];
-    for (int64_t row = lo; row < hi; ++row) {
-        const int64_t plane = row / h, y = row % h;
-        for (int64_t x0 = 0; x0 < w; x0 += BLOCK) {
-            const int64_t nb = w - x0 < BLOCK ? w - x0 : BLOCK;
-            for (int64_t l = L - 1; l >= 0; --l) {
-                const int64_t t = l / rr, p = l % rr, i = p / r, j = p % r;
-                const int64_t o = (((t * P + plane) * rr + p) * h + y) * w + x0;
-                float *gout = gx + ((t * P + plane) * H + y * r + i) * W + x0 * r + j;
-                for (int64_t k = 0; k < nb; ++k) {
-                    const float local = gs[o + k] * (float)mask[o + k] / 4.0f;
-                    g[k] = l == L - 1 ? local : local + g[k] * 0.25f;
-                    gout[k * r] = g[k];
-                }
-            }
-        }
-    }
-}
-
 /* The entry points: the functions above over the parts of a call (parts.h). */
 void row_mean_max_bf16(const bf16 *x, float *mean, float *max, int64_t N, PARTS)
 {
@@ -319,19 +261,6 @@ void sdem_mix(const float *u, const float *h, float *out, float high, float low,
 {
     FOR_EACH_PART(k)
         sdem_mix_part(u, h, out, high, low, LO(k), HI(k));
-}
-
-void nilif_backward(const float *gs, const uint8_t *mask, float *gx, int64_t L, int64_t N, PARTS)
-{
-    FOR_EACH_PART(k)
-        nilif_backward_part(gs, mask, gx, L, N, LO(k), HI(k));
-}
-
-void vlif_backward(const float *gs, const uint8_t *mask, float *gx, int64_t T, int64_t P, int64_t H, int64_t W,
-                   int64_t r, PARTS)
-{
-    FOR_EACH_PART(k)
-        vlif_backward_part(gs, mask, gx, T, P, H, W, r, LO(k), HI(k));
 }
 
 /* 1 where this library was built with OpenMP (its entry points run their parts in parallel). */

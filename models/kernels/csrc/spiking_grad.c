@@ -1,5 +1,6 @@
-/* LIF backward (surrogate gradient). Compiled with -ffast-math so that expf vectorises: the
- * gradient is compared with a tolerance (1e-5 relative), not bit for bit.
+/* LIF backward (surrogate gradient; lif_backward.h, with a bfloat16 instance). Compiled with
+ * -ffast-math so that expf vectorises: the gradient is compared with a tolerance (1e-5
+ * relative), not bit for bit.
  *
  * h_t = v_{t-1} (1 - 1/tau) + x_t, s_t = H(h_t - v_th) with ds/dh = alpha sig (1 - sig),
  * v_t = (1 - s_t) h_t with the reset not detached:
@@ -8,37 +9,31 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "bf16.h"
 #include "bilinear.h"
 #include "parts.h"
 
 #define BLOCK 64
 
-static void lif_backward_part(const float *gs, const float *h, float *gx, int64_t L, int64_t N, int64_t lo,
-                              int64_t hi, float tau, float v_th, float alpha)
-{
-    float carry[BLOCK];
-    const float keep = 1.0f - 1.0f / tau;
-    for (int64_t n0 = lo; n0 < hi; n0 += BLOCK) {
-        const int64_t nb = hi - n0 < BLOCK ? hi - n0 : BLOCK;
-        for (int64_t j = 0; j < nb; ++j)
-            carry[j] = 0.0f;
-        for (int64_t t = L - 1; t >= 0; --t) {
-            const float *gt = gs + t * N + n0;
-            const float *ht = h + t * N + n0;
-            float *ot = gx + t * N + n0;
-            for (int64_t j = 0; j < nb; ++j) {
-                const float hv = ht[j];
-                const float sig = 1.0f / (1.0f + expf(-alpha * (hv - v_th)));
-                const float sg = (1.0f - sig) * sig * alpha;
-                const float not_spike = hv >= v_th ? 0.0f : 1.0f;
-                const float gh = gt[j] * sg + carry[j] * (not_spike - hv * sg);
-                ot[j] = gh;
-                carry[j] = gh * keep;
-            }
-        }
-    }
-}
+#define KT float
+#define KLOAD(v) (v)
+#define KSTORE(v) (v)
+#define KNAME(f) f
+#include "lif_backward.h"
+#undef KT
+#undef KLOAD
+#undef KSTORE
+#undef KNAME
 
+#define KT bf16
+#define KLOAD(v) bf16_to_float(v)
+#define KSTORE(v) float_to_bf16(v)
+#define KNAME(f) f##_bf16
+#include "lif_backward.h"
+#undef KT
+#undef KLOAD
+#undef KSTORE
+#undef KNAME
 
 /* Weight of source index k in the bilinear sample at destination index X (0 where it is no tap). */
 static inline float tap_weight(int64_t X, int64_t k, int64_t size)
@@ -155,13 +150,6 @@ static void gated_product_backward_part(const float *g, const float *x, const fl
 }
 
 /* The entry points: the functions above over the parts of a call (parts.h). */
-void lif_backward(const float *gs, const float *h, float *gx, int64_t L, int64_t N, PARTS, float tau, float v_th,
-                  float alpha)
-{
-    FOR_EACH_PART(k)
-        lif_backward_part(gs, h, gx, L, N, LO(k), HI(k), tau, v_th, alpha);
-}
-
 void upsample2x_bilinear_backward(const float *gout, float *gin, int64_t h, int64_t w, PARTS)
 {
     FOR_EACH_PART(k)
