@@ -14,6 +14,7 @@ parts on PyTorch's own OpenMP threads (:func:`for_native`), the torch backend on
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.util
 import logging
 import os
@@ -62,6 +63,7 @@ def native_lib(backend: str, *tensors: torch.Tensor, bf16: bool = False):
 _triton_failed: list[str] = []  # the first Triton failure of this process, if any
 
 
+@functools.cache
 def triton_installed() -> bool:
     """Whether the triton package is installed (it is imported only when a kernel needs it)."""
     return importlib.util.find_spec("triton") is not None
@@ -73,10 +75,12 @@ def triton_kernels(backend: str, *tensors: torch.Tensor):
     before in this process). Asked for by name (``backend="triton"``) they also take CPU tensors
     when Triton's interpreter is on (``TRITON_INTERPRET=1``), as the tests run them; else ``None``."""
     if (backend not in ("auto", "triton") or (_triton_failed and backend == "auto")
-            or any(t.dtype != torch.float32 for t in tensors) or not triton_installed()):
+            or any(t.dtype != torch.float32 for t in tensors)):
         return None
     on_cuda = all(t.device.type == "cuda" for t in tensors)
     if not on_cuda and not (backend == "triton" and os.environ.get("TRITON_INTERPRET", "0") == "1"):
+        return None
+    if not triton_installed():
         return None
     try:
         from . import triton_kernels

@@ -7,9 +7,10 @@ spike (and each 1-byte mask value) once; VLIF's kernels read and write the patch
 directly, as the C kernels do (``csrc/forward.h``).
 
 Exact by construction: the kernels are built without fused multiply-adds, so the membrane
-update ``(m - s) * 0.25 + x`` rounds as PyTorch's separate operations do, and the quantiser ``round(clamp(m, 0, 4)) / 4`` (round half to even) is written as comparisons:
-on ``[0, 4]`` it counts the thresholds 0.5, 1.5, 2.5 and 3.5 that ``m`` passes, ties going to
-the even level; NaN stays NaN. The backward computes the reference's
+update ``(m - s) * 0.25 + x`` rounds as PyTorch's separate operations do, and the quantiser
+``round(clamp(m, 0, 4)) / 4`` (round half to even) is written as comparisons: on ``[0, 4]`` it
+counts the thresholds 0.5, 1.5, 2.5 and 3.5 that ``m`` passes, ties going to the even level; NaN
+stays NaN. The backward computes the reference's
 ``dL/ds_t * [0 <= m_t <= 4] / 4 + 0.25 * dL/dm_{t+1}`` with the same roundings.
 
 Imported only where Triton is installed (:func:`models.kernels.backend.triton_kernels`). Under
