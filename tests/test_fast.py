@@ -783,10 +783,10 @@ def test_gradient_free_bf16_runs_the_bf16_kernels_exactly():
 @pytest.mark.skipif(native.load() is None, reason="no C compiler: the bf16 kernels are native only")
 def test_bf16_training_runs_the_bf16_kernels():
     """Mixed-precision training: bfloat16 input with gradients goes to the bfloat16 instances of
-    the LIF, NI-LIF and VLIF kernels, forward and backward, with no conversion copies, and gives
-    what the float32 kernels give between conversions: the same spikes, and the same gradients
-    rounded once (NI-LIF and VLIF bit for bit; LIF, whose backward is built with fast math,
-    within one bfloat16 step)."""
+    the LIF, NI-LIF and VLIF kernels and of the spike resize, forward and backward, with no
+    conversion copies, and gives what the float32 kernels give between conversions: the same
+    spikes, and the same gradients rounded once (NI-LIF and VLIF bit for bit; LIF and the resize,
+    whose backward is built with fast math, within one bfloat16 step)."""
     bf16 = torch.bfloat16
     torch.manual_seed(3)
     x = (torch.randn(4, 2, 3, 8, 10) * 2).to(bf16)
@@ -794,20 +794,25 @@ def test_bf16_training_runs_the_bf16_kernels():
     v0 = torch.zeros(x.shape[1:])
     grad = torch.randn(x.shape).to(bf16)
     grad_vlif = torch.randn(8, 12, 4, 5).to(bf16)
-    cases = {  # name: (bf16 in and out, float32 between conversions, incoming gradient)
-        "nilif": (kernels.ni_lif, lambda v: kernels.ni_lif(v.float()).to(bf16), grad),
-        "vlif": (lambda v: kernels.vlif_spikes(v, 2), lambda v: kernels.vlif_spikes(v.float(), 2).to(bf16), grad_vlif),
+    spikes = (torch.randint(0, 5, (8, 12, 4, 5)) / 4).to(bf16)  # VLIF's spikes, resized x2
+    grad_resized = torch.randn(8, 12, 8, 10).to(bf16)
+    cases = {  # name: (bf16 in and out, float32 between conversions, input, incoming gradient)
+        "nilif": (kernels.ni_lif, lambda v: kernels.ni_lif(v.float()).to(bf16), x, grad),
+        "vlif": (lambda v: kernels.vlif_spikes(v, 2), lambda v: kernels.vlif_spikes(v.float(), 2).to(bf16), x,
+                 grad_vlif),
         "lif": (lambda v: kernels.lif_multi_step(v * 0.1, v0, 2.0, 0.15, 4.0)[0],
-                lambda v: kernels.lif_multi_step((v * 0.1).float(), v0, 2.0, 0.15, 4.0)[0].to(bf16), grad),
+                lambda v: kernels.lif_multi_step((v * 0.1).float(), v0, 2.0, 0.15, 4.0)[0].to(bf16), x, grad),
+        "resize": (lambda v: kernels.upsample_spikes(v, (8, 10)),
+                   lambda v: kernels.upsample_spikes(v.float(), (8, 10)).to(bf16), spikes, grad_resized),
     }
-    for name, (direct, converted, g) in cases.items():
+    for name, (direct, converted, inputs, g) in cases.items():
         with _Conversions() as conv:
-            y, gx = _fwd_bwd(direct, x, g)
+            y, gx = _fwd_bwd(direct, inputs, g)
         assert not [c for c in conv.seen if c[2] > v0.numel()], f"{name}: bf16 converted: {conv.seen}"
-        y_ref, gx_ref = _fwd_bwd(converted, x, g)
+        y_ref, gx_ref = _fwd_bwd(converted, inputs, g)
         assert y.dtype == gx.dtype == bf16, name
         torch.testing.assert_close(y, y_ref, rtol=0, atol=0, equal_nan=True, msg=name)
-        tol = 2 ** -7 if name == "lif" else 0
+        tol = 2 ** -7 if name in ("lif", "resize") else 0
         torch.testing.assert_close(gx, gx_ref, rtol=tol, atol=0, equal_nan=True, msg=name)
         assert gx.float().nan_to_num().abs().sum() > 0, name
 

@@ -53,10 +53,10 @@ _SIGNATURES = {
     "sdem_mix": [_P, _P, _P, _F32, _F32, *_PARTS],
     "sdem_mix_backward": [_P, _P, _P, _P, _P, _P, _F32, _F32, *_PARTS],
 }
-# the bfloat16 instances (csrc/forward.h, backward.h, lif_backward.h): same arguments
+# the bfloat16 instances (csrc/forward.h, backward.h, grad.h): same arguments
 _SIGNATURES.update({name + "_bf16": _SIGNATURES[name] for name in (
     "nilif_forward", "lif_forward", "vlif_forward", "upsample2x_bilinear", "nilif_backward", "vlif_backward",
-    "lif_backward")})
+    "lif_backward", "upsample2x_bilinear_backward")})
 
 _lib: ctypes.CDLL | None = None
 _tried = False

@@ -232,7 +232,7 @@ def _native_resize(t: torch.Tensor, up: bool) -> torch.Tensor:
     N, C, H, W = t.shape
     h, w = (H, W) if up else (H // 2, W // 2)
     out = t.new_empty(N, C, 2 * h, 2 * w) if up else t.new_empty(N, C, h, w)
-    kernel = native_kernel(lib, "upsample2x_bilinear", t.dtype) if up else lib.upsample2x_bilinear_backward
+    kernel = native_kernel(lib, "upsample2x_bilinear" if up else "upsample2x_bilinear_backward", t.dtype)
     for_native(N * C, lambda parts, count, _: kernel(data_ptr(t), data_ptr(out), h, w, parts, count),
                unit=4 * h * w, align=1)
     return out
@@ -305,10 +305,13 @@ def interpolate2x(y: torch.Tensor, backend: str = "auto") -> torch.Tensor:
 def upsample_spikes(y: torch.Tensor, size: tuple[int, int], backend: str = "auto") -> torch.Tensor:
     """``F.interpolate(y, size, mode="bilinear", align_corners=False)`` for VLIF: the native x2
     kernel where it applies, ``F.interpolate`` otherwise. On spikes (multiples of 1/4) the two
-    agree bit for bit; on other values (VLIF's ``adjust_first``) to float rounding."""
+    agree bit for bit; on other values (VLIF's ``adjust_first``) to float rounding. bfloat16
+    spikes on the CPU go to the kernels' bfloat16 instances, in training too (the gradient in
+    float32, rounded once)."""
     h, w = y.shape[-2:]
-    if y.dtype in LOW_PRECISION and not runs_bf16_natively(y, backend):
+    x2 = tuple(size) == (2 * h, 2 * w) and h > 0 and w > 0
+    if y.dtype in LOW_PRECISION and not (runs_bf16_natively(y, backend) or x2 and neuron_takes_bf16(y, backend)):
         return upsample_spikes(y.float(), size, backend).to(y.dtype)  # on spikes: multiples of 1/16, exact
-    if tuple(size) == (2 * h, 2 * w) and h > 0 and w > 0 and native_lib(backend, y, bf16=True) is not None:
+    if x2 and native_lib(backend, y, bf16=True) is not None:
         return Upsample2xFunction.apply(y)
     return F.interpolate(y, size=size, mode="bilinear", align_corners=False)

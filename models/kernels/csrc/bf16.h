@@ -25,6 +25,14 @@ static inline bf16 float_to_bf16(float f)
     return (bf16)((u & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FC0u : rounded); /* a select, which vectorises */
 }
 
+/* n bfloat16 values widened into buffer; returns buffer. */
+static inline const float *bf16_row_to_float(const bf16 *row, float *buffer, int64_t n)
+{
+    for (int64_t i = 0; i < n; ++i)
+        buffer[i] = bf16_to_float(row[i]);
+    return buffer;
+}
+
 /* A value bfloat16 holds exactly (a spike: 0, 1/4, ..., 1, or NaN): its upper 16 bits. */
 static inline bf16 spike_to_bf16(float f)
 {

@@ -1,4 +1,5 @@
-/* LIF backward (surrogate gradient; lif_backward.h, with a bfloat16 instance). Compiled with
+/* LIF backward (surrogate gradient) and the x2 resize's adjoint, with bfloat16 instances
+ * (grad.h); SDEM's mixing and the gated products' backward. Compiled with
  * -ffast-math so that expf vectorises: the gradient is compared with a tolerance (1e-5
  * relative), not bit for bit.
  *
@@ -14,26 +15,6 @@
 #include "parts.h"
 
 #define BLOCK 64
-
-#define KT float
-#define KLOAD(v) (v)
-#define KSTORE(v) (v)
-#define KNAME(f) f
-#include "lif_backward.h"
-#undef KT
-#undef KLOAD
-#undef KSTORE
-#undef KNAME
-
-#define KT bf16
-#define KLOAD(v) bf16_to_float(v)
-#define KSTORE(v) float_to_bf16(v)
-#define KNAME(f) f##_bf16
-#include "lif_backward.h"
-#undef KT
-#undef KLOAD
-#undef KSTORE
-#undef KNAME
 
 /* Weight of source index k in the bilinear sample at destination index X (0 where it is no tap). */
 static inline float tap_weight(int64_t X, int64_t k, int64_t size)
@@ -55,35 +36,29 @@ static inline float adjoint_at(const float *g, int64_t k, int64_t size, int64_t 
     return acc;
 }
 
-/* Adjoint of upsample2x_bilinear: gin [P, h, w] from gout [P, 2h, 2w], planes [lo, hi).
- * A gather, not a scatter: each input row first sums its (up to) four output rows, then each
- * input column its four output columns, with weights 1/4, 3/4, 3/4, 1/4 away from the edges. */
-static void upsample2x_bilinear_backward_part(const float *gout, float *gin, int64_t h, int64_t w, int64_t lo,
-                                              int64_t hi)
-{
-    const int64_t H = 2 * h, W = 2 * w;
-    float row[W > 0 ? W : 1];
-    for (int64_t plane = lo; plane < hi; ++plane) {
-        const float *g = gout + plane * H * W;
-        for (int64_t y = 0; y < h; ++y) {
-            if (y >= 1 && y < h - 1) {
-                const float *r0 = g + (2 * y - 1) * W, *r1 = r0 + W, *r2 = r1 + W, *r3 = r2 + W;
-                for (int64_t X = 0; X < W; ++X)
-                    row[X] = 0.25f * (r0[X] + r3[X]) + 0.75f * (r1[X] + r2[X]);
-            } else {
-                for (int64_t X = 0; X < W; ++X)
-                    row[X] = adjoint_at(g + X, y, h, W);
-            }
-            float *dst = gin + (plane * h + y) * w;
-            for (int64_t k = 1; k < w - 1; ++k)
-                dst[k] = 0.25f * (row[2 * k - 1] + row[2 * k + 2]) + 0.75f * (row[2 * k] + row[2 * k + 1]);
-            dst[0] = adjoint_at(row, 0, w, 1);
-            if (w > 1)
-                dst[w - 1] = adjoint_at(row, w - 1, w, 1);
-        }
-    }
-}
+#define KT float
+#define KLOAD(v) (v)
+#define KSTORE(v) (v)
+#define KROW(row, buffer, n) (row)
+#define KNAME(f) f
+#include "grad.h"
+#undef KT
+#undef KLOAD
+#undef KSTORE
+#undef KROW
+#undef KNAME
 
+#define KT bf16
+#define KLOAD(v) bf16_to_float(v)
+#define KSTORE(v) float_to_bf16(v)
+#define KROW(row, buffer, n) bf16_row_to_float(row, buffer, n)
+#define KNAME(f) f##_bf16
+#include "grad.h"
+#undef KT
+#undef KLOAD
+#undef KSTORE
+#undef KROW
+#undef KNAME
 
 /* SDEM's mixing out = high * h + low * (u - h) + u * h, backward for the elements [lo, hi):
  * dL/du = g (low + h), dL/dh = g (high - low + u), and the two scalars' partial sums
@@ -150,12 +125,6 @@ static void gated_product_backward_part(const float *g, const float *x, const fl
 }
 
 /* The entry points: the functions above over the parts of a call (parts.h). */
-void upsample2x_bilinear_backward(const float *gout, float *gin, int64_t h, int64_t w, PARTS)
-{
-    FOR_EACH_PART(k)
-        upsample2x_bilinear_backward_part(gout, gin, h, w, LO(k), HI(k));
-}
-
 /* sums: [nparts, 2], the partial sums of each part. */
 void sdem_mix_backward(const float *g, const float *u, const float *h, float *gu, float *gh, double *sums,
                        float high, float low, PARTS)
