@@ -27,14 +27,16 @@ def decompose(u: torch.Tensor, h: torch.Tensor, high: torch.Tensor, low: torch.T
     back): bfloat16 in one pass of a C kernel (:func:`models.kernels.mixing.sdem_mix`, float32
     arithmetic rounded once), otherwise with the scalars cast to that dtype. ``fast`` float32
     (the ``fast`` implementation) takes one pass of a C kernel, the same bits, and with gradients
-    one autograd node with a one-pass backward (:func:`models.kernels.mixing.sdem_mix_float32`).
+    one autograd node with a one-pass backward (:func:`models.kernels.mixing.sdem_mix_float32`);
+    ``fast`` bfloat16 training too (the mix rounded once to bfloat16, as the next convolution's
+    autocast rounds the float32 mix).
     """
     if u.dtype in LOW_PRECISION and not needs_grad(u):
         mixed = sdem_mix(u, h, high, low)
         if mixed is not None:
             return mixed
         high, low = high.to(u.dtype), low.to(u.dtype)
-    elif fast and u.dtype == torch.float32:
+    elif fast and u.dtype in (torch.float32, torch.bfloat16):
         mixed = sdem_mix_float32(u, h, high, low, backend)
         if mixed is not None:
             return mixed

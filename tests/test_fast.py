@@ -818,6 +818,33 @@ def test_bf16_training_runs_the_bf16_kernels():
 
 
 @pytest.mark.skipif(native.load() is None, reason="no C compiler: the bf16 kernels are native only")
+def test_bf16_training_mixes_sdem_in_one_pass():
+    """SDEM's mix in bfloat16 training: one autograd node, the same bfloat16 values as the
+    gradient-free (inference) kernel, and gradients rounded once from float32: within one bfloat16
+    rounding of the float64 values (autograd's bfloat16 terms were not), the scalars' to 1e-5."""
+    from models.vlifnet import decompose
+
+    bf16 = torch.bfloat16
+    torch.manual_seed(4)
+    u = torch.randn(4, 2, 8, 16, 16).to(bf16)
+    h = (torch.randint(0, 5, u.shape) / 4).to(bf16)
+    high, low = torch.nn.Parameter(torch.tensor([0.7])), torch.nn.Parameter(torch.tensor([0.3]))
+    g = torch.randn(u.shape).to(bf16)
+    uu, hh = u.clone().requires_grad_(), h.clone().requires_grad_()
+    out = decompose(uu, hh, high, low, fast=True)
+    assert type(out.grad_fn).__name__ == "SDEMMixFunctionBackward" and out.dtype == bf16
+    out.backward(g)
+    with torch.no_grad():
+        assert torch.equal(out, decompose(u, h, high, low, fast=True))  # the inference kernel's values
+    u64, h64, g64, hi, lo = u.double(), h.double(), g.double(), high.double().item(), low.double().item()
+    for got, want in ((uu.grad, g64 * (lo + h64)), (hh.grad, g64 * (hi - lo + u64))):
+        assert got.dtype == bf16
+        assert ((got.double() - want).abs() <= want.abs() * 2 ** -8 + 1e-30).all()
+    assert abs(high.grad.item() - (g64 * h64).sum().item()) <= 1e-5 * (g64 * h64).abs().sum().item()
+    assert abs(low.grad.item() - (g64 * (u64 - h64)).sum().item()) <= 1e-5 * (g64 * (u64 - h64)).abs().sum().item()
+
+
+@pytest.mark.skipif(native.load() is None, reason="no C compiler: the bf16 kernels are native only")
 def test_bf16_inference_keeps_activations_in_bf16(tiny_config):
     """``prepare_for_inference(amp=torch.bfloat16)`` under autocast: convolution weights stored in
     bf16 (the attention MLPs excepted), no activation converted between layers (only the output

@@ -9,7 +9,11 @@ and ``h`` once:
 - float32 (:func:`sdem_mix_float32`): the expression evaluated in PyTorch's order, the same bits;
   with gradients one autograd node that saves nothing new (``u`` and ``h`` live on anyway) and
   whose backward makes one pass for ``dL/du``, ``dL/dh`` and the two scalars' gradients (their
-  sums accumulated in float64: equal to autograd's to float32 rounding, not bit for bit).
+  sums accumulated in float64: equal to autograd's to float32 rounding, not bit for bit);
+- bfloat16 training (the same function): the mix in float32 rounded once to bfloat16, which is
+  what the next convolution's autocast made of autograd's float32 mix; the gradients of ``u`` and
+  ``h`` in float32 rounded once, where autograd rounded each of their three terms to bfloat16
+  and summed them in bfloat16.
 """
 from __future__ import annotations
 
@@ -47,11 +51,12 @@ def _(u: torch.Tensor, h: torch.Tensor, high: float, low: float) -> torch.Tensor
 @torch.library.custom_op("spiking_derain::sdem_mix_backward", mutates_args=())
 def sdem_mix_backward(grad: torch.Tensor, u: torch.Tensor, h: torch.Tensor, high: float,
                       low: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``dL/du``, ``dL/dh`` and float64 ``[dL/dhigh, dL/dlow]`` of the mix from ``dL/dout``."""
-    lib = native_lib("native", grad, u, h)
+    """``dL/du``, ``dL/dh`` and float64 ``[dL/dhigh, dL/dlow]`` of the mix from ``dL/dout``; all three
+    tensors float32, or all bfloat16 (float32 arithmetic, each gradient rounded once)."""
+    kernel = native_kernel(native_lib("native", grad, u, h, bf16=True), "sdem_mix_backward", u.dtype)
     grad_u, grad_h = torch.empty_like(u), torch.empty_like(h)
     sums = torch.zeros(torch.get_num_threads(), 2, dtype=torch.float64)  # per part, summed below in order
-    for_native(u.numel(), lambda parts, count, first: lib.sdem_mix_backward(
+    for_native(u.numel(), lambda parts, count, first: kernel(
         data_ptr(grad), data_ptr(u), data_ptr(h), data_ptr(grad_u), data_ptr(grad_h), data_ptr(sums[first]),
         high, low, parts, count))
     return grad_u, grad_h, sums.sum(0)
@@ -69,7 +74,7 @@ class SDEMMixFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u: torch.Tensor, h: torch.Tensor, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
         ctx.scalars = float(high), float(low)
-        ctx.shapes = high.shape, low.shape
+        ctx.shapes = high.shape, low.shape  # float32 parameters: their gradients in float32
         ctx.save_for_backward(u, h)
         return sdem_mix_forward(u, h, *ctx.scalars)
 
@@ -77,18 +82,20 @@ class SDEMMixFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         u, h = ctx.saved_tensors
-        grad_u, grad_h, sums = sdem_mix_backward(grad.contiguous(), u, h, *ctx.scalars)
+        grad_u, grad_h, sums = sdem_mix_backward(grad.to(u.dtype).contiguous(), u, h, *ctx.scalars)
         sums = sums.to(torch.float32)
         return grad_u, grad_h, sums[0].reshape(ctx.shapes[0]), sums[1].reshape(ctx.shapes[1])
 
 
 def sdem_mix_float32(u: torch.Tensor, h: torch.Tensor, high: torch.Tensor, low: torch.Tensor,
                      backend: str = "auto") -> torch.Tensor | None:
-    """The mix of float32 CPU ``u`` and its spikes ``h`` (same shape) with the one-element
+    """The mix of float32 CPU ``u`` and its spikes ``h`` (same shape) with the one-element float32
     ``high`` and ``low``, differentiable, or ``None`` where the native kernels do not apply
-    (``backend`` ``torch``, another dtype or device, no C compiler) and the caller uses PyTorch."""
-    if (u.shape != h.shape or high.numel() != 1 or low.numel() != 1
-            or native_lib(backend, u, h, high, low) is None):
+    (``backend`` ``torch``, another dtype or device, no C compiler) and the caller uses PyTorch.
+    bfloat16 ``u`` and ``h`` (mixed-precision training) are taken too: float32 arithmetic, the mix
+    and the gradients of ``u`` and ``h`` rounded once to bfloat16."""
+    if (u.shape != h.shape or high.numel() != 1 or low.numel() != 1 or u.dtype != h.dtype
+            or native_lib(backend, u, h, bf16=True) is None or native_lib(backend, high, low) is None):
         return None
     u, h = u.contiguous(), h.contiguous()
     if needs_grad(u) or needs_grad(h) or needs_grad(high) or needs_grad(low):

@@ -56,7 +56,7 @@ _SIGNATURES = {
 # the bfloat16 instances (csrc/forward.h, backward.h, grad.h): same arguments
 _SIGNATURES.update({name + "_bf16": _SIGNATURES[name] for name in (
     "nilif_forward", "lif_forward", "vlif_forward", "upsample2x_bilinear", "nilif_backward", "vlif_backward",
-    "lif_backward", "upsample2x_bilinear_backward")})
+    "lif_backward", "upsample2x_bilinear_backward", "sdem_mix_backward")})
 
 _lib: ctypes.CDLL | None = None
 _tried = False

@@ -1,7 +1,8 @@
-/* The LIF backward and the x2 resize's adjoint, written once for two storage types (included
- * twice by spiking_grad.c, as forward.h by spiking_exact.c). KT is the element type of the
- * incoming and outgoing gradients; LIF's saved charged membranes h are float32. The arithmetic is
- * float32 either way, each gradient rounded once on its way out. */
+/* The LIF backward, the x2 resize's adjoint and SDEM's mixing backward, written once for two
+ * storage types (included twice by spiking_grad.c, as forward.h by spiking_exact.c). KT is the
+ * element type of the incoming and outgoing gradients and of SDEM's inputs; LIF's saved charged
+ * membranes h are float32. The arithmetic is float32 either way, each gradient rounded once on
+ * its way out. */
 
 static void KNAME(lif_backward_part)(const KT *gs, const float *h, KT *gx, int64_t L, int64_t N, int64_t lo,
                                      int64_t hi, float tau, float v_th, float alpha)
@@ -81,4 +82,30 @@ void KNAME(upsample2x_bilinear_backward)(const KT *gout, KT *gin, int64_t h, int
 {
     FOR_EACH_PART(k)
         KNAME(upsample2x_bilinear_backward_part)(gout, gin, h, w, LO(k), HI(k));
+}
+
+/* SDEM's mixing out = high * h + low * (u - h) + u * h, backward for the elements [lo, hi):
+ * dL/du = g (low + h), dL/dh = g (high - low + u), and the two scalars' partial sums
+ * sums[0] = sum g h, sums[1] = sum g (u - h), accumulated in double. */
+static void KNAME(sdem_mix_backward_part)(const KT *g, const KT *u, const KT *h, KT *gu, KT *gh, double *sums,
+                                          float high, float low, int64_t lo, int64_t hi)
+{
+    double s_high = 0.0, s_low = 0.0;
+    for (int64_t i = lo; i < hi; ++i) {
+        const float gv = KLOAD(g[i]), uv = KLOAD(u[i]), hv = KLOAD(h[i]);
+        gu[i] = KSTORE(gv * (low + hv));
+        gh[i] = KSTORE(gv * (high - low + uv));
+        s_high += (double)(gv * hv);
+        s_low += (double)(gv * (uv - hv));
+    }
+    sums[0] = s_high;
+    sums[1] = s_low;
+}
+
+/* sums: [nparts, 2], the partial sums of each part. */
+void KNAME(sdem_mix_backward)(const KT *g, const KT *u, const KT *h, KT *gu, KT *gh, double *sums, float high,
+                              float low, PARTS)
+{
+    FOR_EACH_PART(k)
+        KNAME(sdem_mix_backward_part)(g, u, h, gu, gh, sums + 2 * k, high, low, LO(k), HI(k));
 }

@@ -60,24 +60,6 @@ static inline float adjoint_at(const float *g, int64_t k, int64_t size, int64_t 
 #undef KROW
 #undef KNAME
 
-/* SDEM's mixing out = high * h + low * (u - h) + u * h, backward for the elements [lo, hi):
- * dL/du = g (low + h), dL/dh = g (high - low + u), and the two scalars' partial sums
- * sums[0] = sum g h, sums[1] = sum g (u - h), accumulated in double. */
-static void sdem_mix_backward_part(const float *g, const float *u, const float *h, float *gu, float *gh,
-                                   double *sums, float high, float low, int64_t lo, int64_t hi)
-{
-    double s_high = 0.0, s_low = 0.0;
-    for (int64_t i = lo; i < hi; ++i) {
-        const float gv = g[i], uv = u[i], hv = h[i];
-        gu[i] = gv * (low + hv);
-        gh[i] = gv * (high - low + uv);
-        s_high += (double)(gv * hv);
-        s_low += (double)(gv * (uv - hv));
-    }
-    sums[0] = s_high;
-    sums[1] = s_low;
-}
-
 /* Backward of the attention's gated product y = gate * x in training (models/kernels/gating.py),
  * x [P, C, S] (P = T*B planes of C channels of S = H*W pixels), for the planes [lo, hi): gx = g * gate
  * (the product autograd forms, the same bits), and the gate's gradient, g * x summed in float64
@@ -125,14 +107,6 @@ static void gated_product_backward_part(const float *g, const float *x, const fl
 }
 
 /* The entry points: the functions above over the parts of a call (parts.h). */
-/* sums: [nparts, 2], the partial sums of each part. */
-void sdem_mix_backward(const float *g, const float *u, const float *h, float *gu, float *gh, double *sums,
-                       float high, float low, PARTS)
-{
-    FOR_EACH_PART(k)
-        sdem_mix_backward_part(g, u, h, gu, gh, sums + 2 * k, high, low, LO(k), HI(k));
-}
-
 void gated_product_backward(const float *g, const float *x, const float *gate, float *gx, double *sums, int64_t B,
                             int64_t C, int64_t S, int64_t mode, PARTS)
 {
