@@ -13,7 +13,7 @@ import torch.nn as nn
 from .base import SpikingRestorationNet
 from .kernels.backend import needs_grad
 from .kernels.common import LOW_PRECISION
-from .kernels.mixing import sdem_mix, sdem_mix_float32
+from .kernels.mixing import sdem_mix, sdem_mix_one_pass
 from .layers import TimeAttention, conv1x1, conv3x3, mda, tdbn, upsample_seq
 from .neurons import LIF_THRESHOLD, NILIF, Switchable, build_neuron, lif, patch_to_time
 
@@ -27,9 +27,9 @@ def decompose(u: torch.Tensor, h: torch.Tensor, high: torch.Tensor, low: torch.T
     back): bfloat16 in one pass of a C kernel (:func:`models.kernels.mixing.sdem_mix`, float32
     arithmetic rounded once), otherwise with the scalars cast to that dtype. ``fast`` float32
     (the ``fast`` implementation) takes one pass of a C kernel, the same bits, and with gradients
-    one autograd node with a one-pass backward (:func:`models.kernels.mixing.sdem_mix_float32`);
-    ``fast`` bfloat16 training too (the mix rounded once to bfloat16, as the next convolution's
-    autocast rounds the float32 mix).
+    one autograd node with a one-pass backward (:func:`models.kernels.mixing.sdem_mix_one_pass`);
+    ``fast`` bfloat16 training too (float32 arithmetic rounded once to bfloat16, as in inference,
+    where autograd's expression rounds ``u - h`` and ``u * h`` to bfloat16 on the way).
     """
     if u.dtype in LOW_PRECISION and not needs_grad(u):
         mixed = sdem_mix(u, h, high, low)
@@ -37,7 +37,7 @@ def decompose(u: torch.Tensor, h: torch.Tensor, high: torch.Tensor, low: torch.T
             return mixed
         high, low = high.to(u.dtype), low.to(u.dtype)
     elif fast and u.dtype in (torch.float32, torch.bfloat16):
-        mixed = sdem_mix_float32(u, h, high, low, backend)
+        mixed = sdem_mix_one_pass(u, h, high, low, backend)
         if mixed is not None:
             return mixed
     return high * h + low * (u - h) + u * h

@@ -898,7 +898,7 @@ def test_float32_sdem_mix_is_the_expression_and_its_gradient():
     PyTorch expression bit for bit, with and without gradients; its gradients (one pass, the
     scalars' sums in float64) equal autograd's to float32 rounding; the reference
     implementation and the torch backend keep the expression."""
-    from models.kernels.mixing import sdem_mix_float32
+    from models.kernels.mixing import sdem_mix_one_pass
     from models.vlifnet import SDEM, decompose
 
     torch.manual_seed(7)
@@ -914,7 +914,7 @@ def test_float32_sdem_mix_is_the_expression_and_its_gradient():
         return out, [t.grad for t in (u, h, high, low)]
 
     ref, ref_grads = run(lambda u, h, a, b: a * h + b * (u - h) + u * h)
-    out, grads = run(sdem_mix_float32)
+    out, grads = run(sdem_mix_one_pass)
     assert out.grad_fn is not None and "SDEMMix" in type(out.grad_fn).__name__
     assert torch.equal(out, ref)
     for g, r in zip(grads, ref_grads):
@@ -922,7 +922,7 @@ def test_float32_sdem_mix_is_the_expression_and_its_gradient():
         torch.testing.assert_close(g, r, rtol=1e-6, atol=1e-6 * r.abs().max().item())
     with torch.inference_mode():
         assert torch.equal(decompose(u0, h0, torch.tensor([0.8]), torch.tensor([1.3]), fast=True), ref.detach())
-    assert sdem_mix_float32(u0, h0, torch.tensor([0.8]), torch.tensor([1.3]), backend="torch") is None
+    assert sdem_mix_one_pass(u0, h0, torch.tensor([0.8]), torch.tensor([1.3]), backend="torch") is None
     block = SDEM(16)
     with neuron_impl(block, "reference"):
         assert block.impl == "reference"  # SDEM switches with the neurons
@@ -999,7 +999,7 @@ def test_native_kernels_give_the_same_bits_however_a_call_is_split(monkeypatch):
     """Every native kernel, split into three parts per call, gives the same bits on OpenMP
     threads as one call per part on Python threads (the fallback), and the same as one part,
     except the mix's scalar gradients, whose per-part float64 sums are added in another order."""
-    from models.kernels.mixing import sdem_mix_float32
+    from models.kernels.mixing import sdem_mix_one_pass
     from models.kernels.pooling import col_mean_max, row_mean_max
 
     torch.manual_seed(3)
@@ -1018,7 +1018,7 @@ def test_native_kernels_give_the_same_bits_however_a_call_is_split(monkeypatch):
         high.grad = None
         out = fwd_bwd(kernels.ni_lif, x) + fwd_bwd(lambda v: kernels.vlif_spikes(v, 2), x)
         out += fwd_bwd(lambda v: kernels.lif_multi_step(v, torch.zeros(v.shape[1:]), 2.0, 0.15, 4.0)[0], x)
-        out += fwd_bwd(lambda v: sdem_mix_float32(v, v.round(), high, torch.tensor([1.3])), x)
+        out += fwd_bwd(lambda v: sdem_mix_one_pass(v, v.round(), high, torch.tensor([1.3])), x)
         out += fwd_bwd(lambda v: kernels.upsample_spikes(v, (20, 24)), spikes)
         with torch.inference_mode():
             out += [*row_mean_max(pooled), *col_mean_max(pooled), kernels.ni_lif(x.to(torch.bfloat16))]

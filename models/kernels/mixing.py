@@ -6,14 +6,15 @@ their intermediates and its backward makes about as many passes again. The C ker
 and ``h`` once:
 - bfloat16 inference (:func:`sdem_mix`): float32 arithmetic rounded once, exactly the expression
   on the widened inputs, rounded to bfloat16;
-- float32 (:func:`sdem_mix_float32`): the expression evaluated in PyTorch's order, the same bits;
+- float32 (:func:`sdem_mix_one_pass`): the expression evaluated in PyTorch's order, the same bits;
   with gradients one autograd node that saves nothing new (``u`` and ``h`` live on anyway) and
   whose backward makes one pass for ``dL/du``, ``dL/dh`` and the two scalars' gradients (their
   sums accumulated in float64: equal to autograd's to float32 rounding, not bit for bit);
-- bfloat16 training (the same function): the mix in float32 rounded once to bfloat16, which is
-  what the next convolution's autocast made of autograd's float32 mix; the gradients of ``u`` and
-  ``h`` in float32 rounded once, where autograd rounded each of their three terms to bfloat16
-  and summed them in bfloat16.
+- bfloat16 training (the same function): the mix in float32 rounded once to bfloat16, as the
+  inference kernel computes it (autograd's expression rounded ``u - h`` and ``u * h`` to
+  bfloat16 on the way); the gradients of ``u`` and ``h`` in float32 rounded once, where autograd
+  rounded each of their three terms to bfloat16 and summed them in bfloat16. Nearer the float64
+  values than autograd's, and not its bits.
 """
 from __future__ import annotations
 
@@ -87,7 +88,7 @@ class SDEMMixFunction(torch.autograd.Function):
         return grad_u, grad_h, sums[0].reshape(ctx.shapes[0]), sums[1].reshape(ctx.shapes[1])
 
 
-def sdem_mix_float32(u: torch.Tensor, h: torch.Tensor, high: torch.Tensor, low: torch.Tensor,
+def sdem_mix_one_pass(u: torch.Tensor, h: torch.Tensor, high: torch.Tensor, low: torch.Tensor,
                      backend: str = "auto") -> torch.Tensor | None:
     """The mix of float32 CPU ``u`` and its spikes ``h`` (same shape) with the one-element float32
     ``high`` and ``low``, differentiable, or ``None`` where the native kernels do not apply
